@@ -1,0 +1,39 @@
+"""The ``aaren-rl`` command line: one sub-command per module, imported only when used."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# sub-command -> (module, one-line help). Each module defines
+# ``add_arguments(parser: argparse.ArgumentParser) -> None`` and ``run(args) -> int``.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "bench": ("aaren_rl.bench", "speed and memory of the Aaren scan/step against a Transformer"),
+    "make-dataset": ("aaren_rl.data.make_dataset", "build D4RL-recipe datasets with SB3 SAC"),
+    "train": ("aaren_rl.agents.train_cli", "train a decision agent on an offline dataset"),
+    "evaluate": ("aaren_rl.agents.evaluate_cli", "roll out a checkpoint in vector environments"),
+    "demo": ("aaren_rl.agents.demo", "train and evaluate Decision Aaren on the shipped dataset"),
+}
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aaren-rl", description=__doc__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module_name, help_text) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:  # import only the module that will run
+            importlib.import_module(module_name).add_arguments(sp)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
+    module = importlib.import_module(COMMANDS[args.command][0])
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

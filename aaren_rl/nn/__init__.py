@@ -1,0 +1,1 @@
+"""Sequence backbones behind one interface: Aaren (constant-memory) and a causal Transformer."""

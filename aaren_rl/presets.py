@@ -1,0 +1,60 @@
+"""Find and read the YAML presets: agents (``agents/*.yaml``) and tasks (``envs/*.yaml``).
+
+A preset is named (``decision-aaren``) or given as a path to a user's own file. Named presets
+ship inside the wheel (``aaren_rl/_presets``); in a source checkout they are read from the
+repository root.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+_SEARCH_ROOTS = (_PACKAGE_DIR / "_presets", _PACKAGE_DIR.parent)
+KINDS = ("agents", "envs")
+
+
+def preset_dir(kind: str) -> Path:
+    """The folder that holds the named presets of ``kind`` ('agents' or 'envs')."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown preset kind {kind!r}; expected one of {KINDS}")
+    for root in _SEARCH_ROOTS:
+        if (root / kind).is_dir():
+            return root / kind
+    raise FileNotFoundError(f"no {kind}/ preset folder found under {list(map(str, _SEARCH_ROOTS))}")
+
+
+def available(kind: str) -> list[str]:
+    """Names of the shipped presets of ``kind``."""
+    return sorted(p.stem for p in preset_dir(kind).glob("*.yaml"))
+
+
+def resolve(kind: str, name_or_path: str | Path) -> Path:
+    """A preset's file: an existing path is taken as is, otherwise a shipped preset's name."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"{kind} preset file {str(path)!r} does not exist")
+        return path
+    candidate = preset_dir(kind) / f"{name_or_path}.yaml"
+    if not candidate.is_file():
+        raise FileNotFoundError(
+            f"no {kind} preset named {str(name_or_path)!r}; shipped: {', '.join(available(kind))}; "
+            "or pass a path to your own .yaml file"
+        )
+    return candidate
+
+
+def load(kind: str, name_or_path: str | Path) -> tuple[dict[str, Any], Path]:
+    """Read a preset: returns (mapping, file it came from). Errors name the file."""
+    path = resolve(kind, name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of keys to values at the top level")
+    return data, path
