@@ -1,0 +1,232 @@
+"""Aaren modules: multi-head attention with learned queries, a residual block, and a backbone.
+
+The backbone implements the interface of :mod:`aaren_rl.nn.backbone`: ``forward`` trains in
+parallel (prefix scan), ``step`` runs as an RNN with a state whose size never depends on how
+many tokens came before.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from aaren_rl.nn.aaren_attention import (
+    AarenState,
+    aaren_reference,
+    aaren_scan,
+    aaren_step,
+    initial_aaren_state,
+    reset_aaren_state,
+)
+
+Method = Literal["scan", "reference"]
+AarenBackboneState = tuple[AarenState, ...]
+
+__all__ = ["AarenAttention", "AarenBlock", "AarenBackbone", "AarenBackboneState"]
+
+
+class AarenAttention(nn.Module):
+    """Multi-head Aaren: ``H`` learned queries attend over the tokens seen so far.
+
+    Parameters follow the paper's count: a learned query token (``d_model`` numbers) projected
+    by ``q_proj``, plus the key, value and output projections of ordinary multi-head attention.
+    Because the query is fixed, a head's score is ``x . (W_k,h^T q_h) / sqrt(d_head)`` plus a
+    constant (the collapsed key path of DESIGN.md section 1): one dot product per head.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, chunk_size: int = 64) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+        self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
+        self.chunk_size = chunk_size
+        self.query = nn.Parameter(torch.empty(d_model))
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        nn.init.normal_(self.query, std=1.0)
+
+    def score_weights(self) -> tuple[Tensor, Tensor]:
+        """The collapsed key path: ``(kappa [heads, d_model], const [heads])`` with
+        ``score(x) = x @ kappa.T + const``."""
+        q = self.q_proj(self.query).view(self.n_heads, self.head_dim)  # [H, Dh]
+        w_k = self.k_proj.weight.view(self.n_heads, self.head_dim, self.d_model)  # [H, Dh, D]
+        scale = 1.0 / math.sqrt(self.head_dim)
+        kappa = torch.einsum("hd,hdm->hm", q, w_k) * scale
+        const = (q * self.k_proj.bias.view(self.n_heads, self.head_dim)).sum(-1) * scale
+        return kappa, const
+
+    def scores_and_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``x [..., d_model]`` -> ``(scores [..., heads], values [..., heads, head_dim])``."""
+        kappa, const = self.score_weights()
+        scores = x @ kappa.t() + const
+        values = self.v_proj(x).unflatten(-1, (self.n_heads, self.head_dim))
+        return scores, values
+
+    def forward(
+        self,
+        x: Tensor,
+        state: AarenState | None = None,
+        resets: Tensor | None = None,
+        mask: Tensor | None = None,
+        method: Method = "scan",
+    ) -> tuple[Tensor, AarenState]:
+        """``x [batch, time, d_model]`` -> ``(y [batch, time, d_model], state)``."""
+        scores, values = self.scores_and_values(x)
+        if method == "scan":
+            out, state = aaren_scan(scores, values, state, resets, mask, self.chunk_size)
+        elif method == "reference":
+            out, state = aaren_reference(scores, values, state, resets, mask)
+        else:
+            raise ValueError(f"method must be 'scan' or 'reference', got {method!r}")
+        return self.out_proj(out.flatten(-2)), state
+
+    def step(self, x: Tensor, state: AarenState) -> tuple[Tensor, AarenState]:
+        """``x [batch, d_model]`` -> ``(y [batch, d_model], state)``: one token per row."""
+        scores, values = self.scores_and_values(x)
+        out, state = aaren_step(scores, values, state)
+        return self.out_proj(out.flatten(-2)), state
+
+    def initial_state(
+        self,
+        batch_size: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> AarenState:
+        return initial_aaren_state(batch_size, self.n_heads, self.head_dim, device, dtype)
+
+
+class AarenBlock(nn.Module):
+    """Aaren then a feed-forward, each with LayerNorm, dropout and a residual.
+
+    The layout of ``torch.nn.TransformerEncoderLayer`` with the self-attention swapped for
+    Aaren, so the two have the same parameters but for Aaren's learned query (``d_model``).
+    ``norm_first=True`` is pre-norm, ``False`` post-norm.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        d_ff: int | None = None,
+        dropout: float = 0.0,
+        norm_first: bool = True,
+        activation: str = "relu",
+        chunk_size: int = 64,
+    ) -> None:
+        super().__init__()
+        d_ff = d_ff or 4 * d_model
+        self.attn = AarenAttention(d_model, n_heads, chunk_size)
+        self.linear1 = nn.Linear(d_model, d_ff)
+        self.linear2 = nn.Linear(d_ff, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)  # inside the feed-forward
+        self.dropout1 = nn.Dropout(dropout)  # on the attention branch
+        self.dropout2 = nn.Dropout(dropout)  # on the feed-forward branch
+        acts = {"relu": nn.ReLU(), "gelu": nn.GELU()}
+        if activation not in acts:
+            raise ValueError(f"activation must be one of {sorted(acts)}, got {activation!r}")
+        self.activation = acts[activation]
+        self.norm_first = norm_first
+
+    def _ff(self, x: Tensor) -> Tensor:
+        return self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x)))))
+
+    def _residual(self, x: Tensor, attend) -> tuple[Tensor, AarenState]:
+        if self.norm_first:
+            a, state = attend(self.norm1(x))
+            x = x + self.dropout1(a)
+            x = x + self._ff(self.norm2(x))
+        else:
+            a, state = attend(x)
+            x = self.norm1(x + self.dropout1(a))
+            x = self.norm2(x + self._ff(x))
+        return x, state
+
+    def forward(
+        self,
+        x: Tensor,
+        state: AarenState | None = None,
+        resets: Tensor | None = None,
+        mask: Tensor | None = None,
+        method: Method = "scan",
+    ) -> tuple[Tensor, AarenState]:
+        """``x [batch, time, d_model]`` -> ``(y [batch, time, d_model], state)``."""
+        return self._residual(x, lambda h: self.attn(h, state, resets, mask, method))
+
+    def step(self, x: Tensor, state: AarenState) -> tuple[Tensor, AarenState]:
+        """``x [batch, d_model]`` -> ``(y [batch, d_model], state)``."""
+        return self._residual(x, lambda h: self.attn.step(h, state))
+
+
+class AarenBackbone(nn.Module):
+    """A stack of :class:`AarenBlock`: the constant-memory backbone.
+
+    State: a tuple with one :class:`AarenState` per layer, ``(d_head + 2) * heads`` numbers per
+    layer and batch row, whatever the sequence length.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_layers: int,
+        n_heads: int,
+        d_ff: int | None = None,
+        dropout: float = 0.0,
+        norm_first: bool = True,
+        activation: str = "relu",
+        chunk_size: int = 64,
+    ) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.layers = nn.ModuleList(
+            AarenBlock(d_model, n_heads, d_ff, dropout, norm_first, activation, chunk_size)
+            for _ in range(n_layers)
+        )
+
+    def forward(
+        self,
+        x: Tensor,
+        state: AarenBackboneState | None = None,
+        resets: Tensor | None = None,
+        mask: Tensor | None = None,
+        method: Method = "scan",
+    ) -> tuple[Tensor, AarenBackboneState]:
+        """``x [batch, time, d_model]``, ``resets``/``mask [batch, time]`` bool ->
+        ``(y [batch, time, d_model], state)``."""
+        states = state if state is not None else (None,) * len(self.layers)
+        new_states = []
+        for layer, layer_state in zip(self.layers, states, strict=True):
+            x, s = layer(x, layer_state, resets, mask, method)
+            new_states.append(s)
+        return x, tuple(new_states)
+
+    def step(self, x: Tensor, state: AarenBackboneState) -> tuple[Tensor, AarenBackboneState]:
+        """``x [batch, d_model]`` -> ``(y [batch, d_model], state)``: constant time and memory."""
+        new_states = []
+        for layer, layer_state in zip(self.layers, state, strict=True):
+            x, s = layer.step(x, layer_state)
+            new_states.append(s)
+        return x, tuple(new_states)
+
+    def initial_state(
+        self,
+        batch_size: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> AarenBackboneState:
+        """The empty memory for ``batch_size`` rows (on the parameters' device and dtype by default)."""
+        p = next(self.parameters())
+        return tuple(
+            layer.attn.initial_state(batch_size, device or p.device, dtype or p.dtype)
+            for layer in self.layers
+        )
+
+    def reset_state(self, state: AarenBackboneState, done: Tensor) -> AarenBackboneState:
+        """Empty the memory of rows where ``done [batch]`` is True, in every layer."""
+        return tuple(reset_aaren_state(s, done) for s in state)

@@ -1,0 +1,335 @@
+"""Aaren attention in three forms that must agree: reference, scan and step.
+
+Aaren is softmax attention whose query is learned (fixed per head), so token i has a scalar
+score ``s_i`` per head and the output at t is the softmax-weighted mean of the values so far::
+
+    o_t = sum_{i<=t} exp(s_i) v_i / sum_{i<=t} exp(s_i)
+
+Everything here works on scores and values already projected and split into heads:
+
+- ``scores``: ``[batch, time, heads]``
+- ``values``: ``[batch, time, heads, head_dim]``
+- ``resets``: ``[batch, time]`` bool, True restarts the memory at that token (a new episode);
+  the token itself is the first one of the new segment.
+- ``mask``: ``[batch, time]`` bool, False marks padding: a padded token contributes nothing and
+  its own output is whatever the memory holds (zeros if it is empty).
+
+The memory is :class:`AarenState` ``(m, u, w)``: a running max ``m [B,H]``, a denominator
+``u [B,H]`` and a numerator ``w [B,H,Dh]``, both relative to ``m``. Its size does not depend on
+the sequence length. Tokens combine with the associative operator of DESIGN.md section 1; the
+identity is ``(-inf, 0, 0)``.
+
+The three forms:
+
+- :func:`aaren_reference`: materialises the ``[T, T]`` causal softmax: the oracle.
+- :func:`aaren_scan`: the training path. Chunks of ``C`` tokens are solved exactly with a
+  ``[C, C]`` masked softmax (matmul-shaped); chunk summaries are combined by a segmented
+  Hillis-Steele scan (``log2(T / C)`` rounds, no loop over time); each token then merges the
+  carry of earlier chunks. ``O(T C)`` work and memory, differentiable.
+- :func:`aaren_step`: the inference path, one token per call.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "AarenState",
+    "aaren_reference",
+    "aaren_scan",
+    "aaren_step",
+    "combine",
+    "initial_aaren_state",
+    "read_out",
+    "reset_aaren_state",
+]
+
+
+class AarenState(NamedTuple):
+    """The whole memory of one Aaren layer.
+
+    - ``m``: ``[batch, heads]`` running max of the scores (``-inf`` when empty)
+    - ``u``: ``[batch, heads]`` sum of ``exp(s_i - m)``
+    - ``w``: ``[batch, heads, head_dim]`` sum of ``exp(s_i - m) v_i``
+    """
+
+    m: Tensor
+    u: Tensor
+    w: Tensor
+
+
+def initial_aaren_state(
+    batch_size: int,
+    heads: int,
+    head_dim: int,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> AarenState:
+    """The empty memory (the identity of the combine): ``m=-inf, u=0, w=0``."""
+    dtype = dtype or torch.get_default_dtype()
+    m = torch.full((batch_size, heads), float("-inf"), device=device, dtype=dtype)
+    u = torch.zeros(batch_size, heads, device=device, dtype=dtype)
+    w = torch.zeros(batch_size, heads, head_dim, device=device, dtype=dtype)
+    return AarenState(m, u, w)
+
+
+def _finite_or_zero(m: Tensor) -> Tensor:
+    """``m`` with ``-inf`` replaced by 0: a safe reference for ``exp(x - m)`` (gives 0 for x=-inf)."""
+    return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+
+
+def combine(a: AarenState, b: AarenState) -> AarenState:
+    """The associative combine ``a + b`` (``a`` earlier, ``b`` later), elementwise over the batch.
+
+    ``m = max(ma, mb)``, ``u = ua exp(ma - m) + ub exp(mb - m)``, same for ``w``. Any leading
+    shape works as long as ``u`` and ``m`` match and ``w`` has one more trailing dim.
+    """
+    m = torch.maximum(a.m, b.m)
+    ref = _finite_or_zero(m)
+    ea = torch.exp(a.m - ref)
+    eb = torch.exp(b.m - ref)
+    return AarenState(m, a.u * ea + b.u * eb, a.w * ea.unsqueeze(-1) + b.w * eb.unsqueeze(-1))
+
+
+def read_out(state: AarenState) -> Tensor:
+    """The attention output ``w / u`` (``[..., head_dim]``); zeros where the memory is empty."""
+    u = state.u.unsqueeze(-1)
+    return torch.where(
+        u > 0, state.w / torch.where(u > 0, u, torch.ones_like(u)), torch.zeros_like(state.w)
+    )
+
+
+def _check_inputs(
+    scores: Tensor, values: Tensor, resets: Tensor | None, mask: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    if scores.dim() != 3 or values.dim() != 4 or scores.shape != values.shape[:3]:
+        raise ValueError(
+            "expected scores [batch, time, heads] and values [batch, time, heads, head_dim], "
+            f"got scores {tuple(scores.shape)} and values {tuple(values.shape)}"
+        )
+    bt = scores.shape[:2]
+    out = []
+    for name, flag in (("resets", resets), ("mask", mask)):
+        if flag is None:
+            flag = torch.zeros(bt, dtype=torch.bool, device=scores.device)
+            if name == "mask":
+                flag = ~flag
+        elif flag.shape != bt:
+            raise ValueError(f"{name} must be [batch, time] = {tuple(bt)}, got {tuple(flag.shape)}")
+        out.append(flag.to(torch.bool))
+    return out[0], out[1]
+
+
+def _state_or_empty(state: AarenState | None, scores: Tensor, values: Tensor) -> AarenState:
+    batch, _, heads, head_dim = values.shape
+    if state is None:
+        return initial_aaren_state(batch, heads, head_dim, scores.device, scores.dtype)
+    if state.w.shape != (batch, heads, head_dim):
+        raise ValueError(
+            f"carried-in state has w {tuple(state.w.shape)}, expected {(batch, heads, head_dim)}"
+        )
+    return state
+
+
+def aaren_reference(
+    scores: Tensor,
+    values: Tensor,
+    state: AarenState | None = None,
+    resets: Tensor | None = None,
+    mask: Tensor | None = None,
+) -> tuple[Tensor, AarenState]:
+    """The oracle: the ``[T, T]`` causal softmax with the learned query, materialised.
+
+    Token t attends to every valid token i <= t of its own segment (no reset in (i, t]); the
+    carried-in ``state`` acts as one extra token before position 0 (weight ``u exp(m)``, value
+    ``w / u``) for tokens before the first reset.
+
+    Args:
+        scores: ``[batch, time, heads]``; values: ``[batch, time, heads, head_dim]``;
+        state: memory carried in; resets, mask: ``[batch, time]`` bool.
+    Returns:
+        ``(outputs [batch, time, heads, head_dim], final state)``.
+    """
+    resets, mask = _check_inputs(scores, values, resets, mask)
+    state = _state_or_empty(state, scores, values)
+    _, t_len, _, _ = values.shape
+    segment = torch.cumsum(resets.long(), dim=1)  # [B,T]
+    idx = torch.arange(t_len, device=scores.device)
+    allowed = (
+        (idx[None, :, None] >= idx[None, None, :])  # causal: i <= t
+        & (segment[:, :, None] == segment[:, None, :])  # same segment
+        & mask[:, None, :]  # token i is real
+    )  # [B, T(t), T(i)]
+    neg_inf = torch.tensor(float("-inf"), dtype=scores.dtype, device=scores.device)
+    logits = torch.where(
+        allowed[:, None], scores.transpose(1, 2)[:, :, None, :], neg_inf
+    )  # [B,H,T,T]
+    # the carried-in state as a virtual token at position -1, visible to segment 0 only
+    carry_logit = state.m + torch.log(state.u)  # [B,H]; -inf when empty
+    carry_visible = (segment == 0)[:, None, :, None]  # [B,1,T,1]
+    carry_logits = torch.where(carry_visible, carry_logit[:, :, None, None], neg_inf)  # [B,H,T,1]
+    all_logits = torch.cat([carry_logits, logits], dim=-1)  # [B,H,T,1+T]
+    row_max = _finite_or_zero(all_logits.amax(dim=-1, keepdim=True))
+    weights = torch.exp(all_logits - row_max)  # [B,H,T,1+T]
+    carry_value = read_out(state)  # [B,H,Dh]
+    all_values = torch.cat([carry_value[:, :, None], values.transpose(1, 2)], dim=2)  # [B,H,1+T,Dh]
+    numer = weights @ all_values  # [B,H,T,Dh]
+    denom = weights.sum(-1, keepdim=True)
+    out = torch.where(denom > 0, numer / torch.where(denom > 0, denom, 1.0), 0.0)
+    out = out.transpose(1, 2)  # [B,T,H,Dh]
+    # final state: the memory that a next token would see = row T-1 of the same computation
+    if t_len == 0:
+        return out, state
+    last_max = row_max[:, :, -1, 0]  # [B,H]
+    u_last = denom[:, :, -1, 0]
+    m_last = torch.where(u_last > 0, last_max, torch.full_like(last_max, float("-inf")))
+    final = AarenState(m_last, u_last, numer[:, :, -1])
+    return out, final
+
+
+def _segmented_inclusive_scan(flags: Tensor, st: AarenState) -> tuple[Tensor, AarenState]:
+    """Hillis-Steele inclusive scan along dim 1 of ``(flag, state)`` pairs.
+
+    ``(fa, A) + (fb, B) = (fa | fb, B if fb else A + B)``: a set flag means "the memory was reset
+    inside this element", so nothing earlier reaches past it. ``flags [B, N]``; states with
+    leading dims ``[B, N, H]``.
+    """
+    n = flags.shape[1]
+    offset = 1
+    while offset < n:
+        prev_flags = torch.nn.functional.pad(flags, (offset, 0), value=False)[:, :n]
+        prev = AarenState(
+            torch.nn.functional.pad(st.m, (0, 0, offset, 0), value=float("-inf"))[:, :n],
+            torch.nn.functional.pad(st.u, (0, 0, offset, 0))[:, :n],
+            torch.nn.functional.pad(st.w, (0, 0, 0, 0, offset, 0))[:, :n],
+        )
+        merged = combine(prev, st)
+        keep = flags[:, :, None]
+        st = AarenState(
+            torch.where(keep, st.m, merged.m),
+            torch.where(keep, st.u, merged.u),
+            torch.where(keep[..., None], st.w, merged.w),
+        )
+        flags = flags | prev_flags
+        offset *= 2
+    return flags, st
+
+
+def aaren_scan(
+    scores: Tensor,
+    values: Tensor,
+    state: AarenState | None = None,
+    resets: Tensor | None = None,
+    mask: Tensor | None = None,
+    chunk_size: int = 64,
+) -> tuple[Tensor, AarenState]:
+    """The parallel form for training: a chunked, segmented prefix scan.
+
+    Same contract as :func:`aaren_reference`, without the ``[T, T]`` matrix: memory is
+    ``O(T * chunk_size)``. No Python loop over time steps; ``log2(T / chunk_size)`` rounds
+    combine the chunk summaries.
+
+    Args:
+        scores: ``[batch, time, heads]``; values: ``[batch, time, heads, head_dim]``;
+        state: memory carried in; resets, mask: ``[batch, time]`` bool;
+        chunk_size: tokens solved exactly per chunk (``C``).
+    Returns:
+        ``(outputs [batch, time, heads, head_dim], final state)``.
+    """
+    resets, mask = _check_inputs(scores, values, resets, mask)
+    state = _state_or_empty(state, scores, values)
+    batch, t_len, heads, head_dim = values.shape
+    if t_len == 0:
+        return values.new_zeros(values.shape), state
+    c = max(1, min(chunk_size, t_len))
+    n_chunks = math.ceil(t_len / c)
+    pad = n_chunks * c - t_len
+    if pad:  # padding tokens: masked out, never reset
+        scores = torch.nn.functional.pad(scores, (0, 0, 0, pad))
+        values = torch.nn.functional.pad(values, (0, 0, 0, 0, 0, pad))
+        resets = torch.nn.functional.pad(resets, (0, pad), value=False)
+        mask = torch.nn.functional.pad(mask, (0, pad), value=False)
+
+    neg_inf = torch.tensor(float("-inf"), dtype=scores.dtype, device=scores.device)
+    # [B, N, C, ...] chunked views; heads moved next to batch for the matmuls
+    s = scores.view(batch, n_chunks, c, heads).permute(0, 3, 1, 2)  # [B,H,N,C]
+    v = values.view(batch, n_chunks, c, heads, head_dim).permute(0, 3, 1, 2, 4)  # [B,H,N,C,Dh]
+    r = resets.view(batch, n_chunks, c)
+    k = mask.view(batch, n_chunks, c)
+
+    # 1. inside each chunk: exact causal masked softmax over [C, C]
+    seg = torch.cumsum(r.long(), dim=2)  # segment id inside the chunk, [B,N,C]
+    idx = torch.arange(c, device=scores.device)
+    allowed = (
+        (idx[:, None] >= idx[None, :]) & (seg[..., :, None] == seg[..., None, :]) & k[..., None, :]
+    )  # [B,N,C(t),C(i)]
+    logits = torch.where(allowed[:, None], s[..., None, :], neg_inf)  # [B,H,N,C,C]
+    local_m = logits.amax(dim=-1)  # [B,H,N,C], -inf where nothing is visible
+    p = torch.exp(logits - _finite_or_zero(local_m)[..., None])
+    local = AarenState(local_m, p.sum(-1), p @ v)  # u [B,H,N,C], w [B,H,N,C,Dh]
+
+    # 2. chunk summaries (the last token's local memory, and whether the chunk reset),
+    #    with the carried-in state prepended as chunk -1; segmented scan across chunks
+    chunk_flags = torch.cat([resets.new_zeros(batch, 1), r.any(dim=2)], dim=1)  # [B,N+1]
+    summary = AarenState(
+        torch.cat([state.m[:, None], local.m[..., -1].permute(0, 2, 1)], dim=1),  # [B,N+1,H]
+        torch.cat([state.u[:, None], local.u[..., -1].permute(0, 2, 1)], dim=1),
+        torch.cat([state.w[:, None], local.w[..., -1, :].permute(0, 2, 1, 3)], dim=1),
+    )
+    _, prefix = _segmented_inclusive_scan(chunk_flags, summary)
+    # the memory entering chunk j is the inclusive prefix up to chunk j-1 (index j here)
+    carry = AarenState(
+        prefix.m[:, :n_chunks].permute(0, 2, 1)[..., None],  # [B,H,N,1]
+        prefix.u[:, :n_chunks].permute(0, 2, 1)[..., None],
+        prefix.w[:, :n_chunks].permute(0, 2, 1, 3)[..., None, :],  # [B,H,N,1,Dh]
+    )
+
+    # 3. each token merges the carry unless a reset inside its chunk came at or before it
+    merged = combine(
+        AarenState(
+            carry.m.expand_as(local.m), carry.u.expand_as(local.u), carry.w.expand_as(local.w)
+        ),
+        local,
+    )
+    cut = (seg > 0)[:, None]  # [B,1,N,C]
+    full = AarenState(
+        torch.where(cut, local.m, merged.m),
+        torch.where(cut, local.u, merged.u),
+        torch.where(cut[..., None], local.w, merged.w),
+    )
+    out = read_out(full)  # [B,H,N,C,Dh]
+    out = out.permute(0, 2, 3, 1, 4).reshape(batch, n_chunks * c, heads, head_dim)[:, :t_len]
+    final = AarenState(full.m[:, :, -1, -1], full.u[:, :, -1, -1], full.w[:, :, -1, -1])
+    return out, final
+
+
+def aaren_step(
+    score: Tensor, value: Tensor, state: AarenState, reset: Tensor | None = None
+) -> tuple[Tensor, AarenState]:
+    """The recurrent form: one token for every batch row.
+
+    Args:
+        score: ``[batch, heads]``; value: ``[batch, heads, head_dim]``;
+        state: the memory before this token; reset: ``[batch]`` bool, empty the memory first.
+    Returns:
+        ``(output [batch, heads, head_dim], new state)``.
+    """
+    if reset is not None:
+        state = reset_aaren_state(state, reset)
+    leaf = AarenState(score, torch.ones_like(score), value)
+    new = combine(state, leaf)
+    return read_out(new), new
+
+
+def reset_aaren_state(state: AarenState, done: Tensor) -> AarenState:
+    """Empty the memory of the rows where ``done [batch]`` is True; other rows are untouched."""
+    d = done.to(torch.bool).view(-1, *([1] * (state.m.dim() - 1)))
+    return AarenState(
+        torch.where(d, torch.full_like(state.m, float("-inf")), state.m),
+        torch.where(d, torch.zeros_like(state.u), state.u),
+        torch.where(d[..., None], torch.zeros_like(state.w), state.w),
+    )
