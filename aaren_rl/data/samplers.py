@@ -1,0 +1,188 @@
+"""Batches of sequences for the decision agents, right-padded with a mask.
+
+Two samplers, both choosing each sequence's episode with probability proportional to its
+length (as Decision Transformer does), both seeded by a numpy ``Generator`` whose state can be
+saved and restored so that a resumed run draws the same batches:
+
+- :class:`WindowSampler`: Decision Transformer's random windows of ``context`` steps, starting
+  anywhere in the episode (a window that runs past the episode's end is padded).
+- :class:`PrefixSampler`: sequences that start at the episode's first step, where a recurrent
+  state starts at rollout: random-length prefixes, or whole episodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+
+from aaren_rl.data.errors import DatasetError
+from aaren_rl.data.trajectories import TrajectoryDataset
+
+
+@dataclass
+class SequenceBatch:
+    """A batch of ``B`` sequences of ``K`` steps, RIGHT-padded (real steps first, padding after).
+
+    Padding positions hold zeros. Attributes:
+        observations: ``[B, K, obs_dim]`` float32, raw (not normalised; the model normalises).
+        actions: ``[B, K, act_dim]`` float32.
+        rewards: ``[B, K]`` float32.
+        returns_to_go: ``[B, K]`` float32, unscaled undiscounted suffix sums.
+        timesteps: ``[B, K]`` int64, the step's index inside its episode.
+        mask: ``[B, K]`` bool, True at real steps.
+    """
+
+    observations: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    returns_to_go: np.ndarray
+    timesteps: np.ndarray
+    mask: np.ndarray
+
+    def to_torch(self, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+        """The same fields as torch tensors on ``device`` (CPU when None)."""
+        return {
+            f.name: torch.from_numpy(getattr(self, f.name)).to(device, non_blocking=True)
+            for f in fields(self)
+        }
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """``[B]`` int64 number of real steps in each row."""
+        return self.mask.sum(axis=1).astype(np.int64)
+
+
+def gather_sequences(
+    dataset: TrajectoryDataset,
+    episodes: np.ndarray,
+    offsets: np.ndarray,
+    lengths: np.ndarray,
+    width: int,
+) -> SequenceBatch:
+    """Cut ``B`` sequences out of a dataset, vectorised.
+
+    Args:
+        dataset: the source.
+        episodes: ``[B]`` episode indices.
+        offsets: ``[B]`` first step of each sequence inside its episode.
+        lengths: ``[B]`` number of real steps (>= 1, within the episode).
+        width: ``K``, padded length (>= lengths.max()).
+
+    Returns:
+        A :class:`SequenceBatch` with ``K = width``.
+    """
+    steps = np.arange(width, dtype=np.int64)[None, :]
+    mask = steps < lengths[:, None]
+    rows = dataset.episode_starts[episodes][:, None] + offsets[:, None] + steps
+    rows = np.where(mask, rows, 0)
+    mask_f = mask.astype(np.float32)
+    return SequenceBatch(
+        observations=dataset.observations[rows] * mask_f[..., None],
+        actions=dataset.actions[rows] * mask_f[..., None],
+        rewards=dataset.rewards[rows] * mask_f,
+        returns_to_go=dataset.rtg[rows] * mask_f,
+        timesteps=np.where(mask, offsets[:, None] + steps, 0),
+        mask=mask,
+    )
+
+
+class _Sampler:
+    """Shared parts: the length-weighted episode choice and the generator's state."""
+
+    def __init__(self, dataset: TrajectoryDataset, seed: int | None) -> None:
+        self.dataset = dataset
+        self.rng = np.random.default_rng(seed)
+        lengths = dataset.episode_lengths.astype(np.float64)
+        self._episode_p = lengths / lengths.sum()
+
+    def _episodes(self, batch_size: int) -> np.ndarray:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        return self.rng.choice(self.dataset.num_episodes, size=batch_size, p=self._episode_p)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The generator's state, to save in a checkpoint."""
+        return {"bit_generator": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state from :meth:`state_dict`; the next batches repeat the saved run's."""
+        self.rng.bit_generator.state = state["bit_generator"]
+
+
+class WindowSampler(_Sampler):
+    """Decision Transformer's random windows of ``context`` steps.
+
+    The start is uniform over the episode's steps; the window runs ``context`` steps or to the
+    episode's end, whichever comes first, and is right-padded to ``context``.
+    """
+
+    def __init__(self, dataset: TrajectoryDataset, context: int, seed: int | None = None) -> None:
+        if context < 1:
+            raise ValueError(f"context must be >= 1, got {context}")
+        super().__init__(dataset, seed)
+        self.context = int(context)
+
+    def sample(self, batch_size: int) -> SequenceBatch:
+        """``batch_size`` windows; arrays ``[batch_size, context, ...]``."""
+        episodes = self._episodes(batch_size)
+        ep_len = self.dataset.episode_lengths[episodes]
+        offsets = self.rng.integers(0, ep_len)
+        lengths = np.minimum(self.context, ep_len - offsets)
+        return gather_sequences(self.dataset, episodes, offsets, lengths, self.context)
+
+
+class PrefixSampler(_Sampler):
+    """Sequences that start at each episode's first step (timestep 0).
+
+    mode ``"prefix"``: a prefix of length ``L`` uniform in ``[1, min(T, max_len)]``.
+    mode ``"full"``: whole episodes; every episode must fit in ``max_len`` (an error otherwise,
+    never a silent truncation).
+
+    Rows are padded to the longest sequence in the batch, or to ``max_len`` with
+    ``pad_to_max_len=True`` (fixed shapes).
+    """
+
+    MODES = ("prefix", "full")
+
+    def __init__(
+        self,
+        dataset: TrajectoryDataset,
+        max_len: int,
+        mode: str = "prefix",
+        seed: int | None = None,
+        pad_to_max_len: bool = False,
+    ) -> None:
+        if max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {max_len}")
+        if mode not in self.MODES:
+            raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
+        if mode == "full" and dataset.max_episode_length > max_len:
+            longest = int(np.argmax(dataset.episode_lengths))
+            raise DatasetError.about(
+                dataset.source,
+                None,
+                f"episode {longest} has {dataset.max_episode_length} steps, more than "
+                f"max_len={max_len} allowed by mode='full'",
+                f"every episode at most {max_len} steps",
+                f"raise max_len to {dataset.max_episode_length} or more, or use mode='prefix'",
+            )
+        super().__init__(dataset, seed)
+        self.max_len = int(max_len)
+        self.mode = mode
+        self.pad_to_max_len = bool(pad_to_max_len)
+
+    def sample(self, batch_size: int) -> SequenceBatch:
+        """``batch_size`` sequences from step 0; arrays ``[batch_size, K, ...]``."""
+        episodes = self._episodes(batch_size)
+        ep_len = self.dataset.episode_lengths[episodes]
+        if self.mode == "full":
+            lengths = ep_len
+        else:
+            upper = np.minimum(ep_len, self.max_len)
+            lengths = self.rng.integers(1, upper + 1)
+        width = self.max_len if self.pad_to_max_len else int(lengths.max())
+        offsets = np.zeros(batch_size, dtype=np.int64)
+        return gather_sequences(self.dataset, episodes, offsets, lengths, width)
