@@ -1,0 +1,398 @@
+"""A causal Transformer behind the Backbone interface: the baseline Aaren is measured against.
+
+The blocks are ordinary Transformer encoder layers (multi-head causal self-attention, LayerNorm,
+residual, GELU feed-forward; pre-norm or post-norm) with no positional encoding inside: the agent
+adds its own timestep embeddings. Attention is causal, optionally limited to a sliding window of
+``window`` positions (a token attends to itself and the ``window - 1`` positions before it;
+positions are counted in the sequence as given, padding slots included).
+
+Two ways to run it one token at a time (``step``):
+
+- ``step_mode="kv_cache"``: every layer keeps the keys and values it has seen. A step appends
+  one key/value per layer and attends over the cache (only its last ``window`` entries when a
+  window is set, and then the cache is bounded). Stepping T tokens equals ``forward`` over them.
+- ``step_mode="recompute"``: Decision Transformer's evaluation. The state is the last
+  ``window - 1`` *input* tokens; a step reruns the whole stack over them plus the new token and
+  returns the last output. The cost per step grows with the window; the memory is bounded by it.
+
+States carry a per-row validity mask, so ``reset_state`` restarts single rows of a batch (vector
+environments end episodes at different times) and padding or reset tokens are never attended to.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+StepMode = Literal["kv_cache", "recompute"]
+_STEP_MODES = ("kv_cache", "recompute")
+# kv_cache: {"k": tuple of [B, H, L, d_head] per layer, "v": same, "valid": [B, L] bool}
+# recompute: {"x": [B, L, d_model], "valid": [B, L] bool}
+TransformerState = dict[str, Any]
+
+
+def _check_bool(name: str, t: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor | None:
+    if t is None:
+        return None
+    if t.dtype != torch.bool:
+        raise TypeError(f"{name} must be a bool tensor of shape {list(shape)}, got dtype {t.dtype}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {list(shape)} (batch, time), got {list(t.shape)}")
+    return t
+
+
+def attention_mask(
+    key_valid: torch.Tensor,
+    key_segment: torch.Tensor,
+    query_segment: torch.Tensor,
+    window: int | None,
+) -> torch.Tensor:
+    """Which keys each query may attend to.
+
+    The keys are the last ``L + T`` positions of the sequence and the queries its last ``T``.
+
+    Args:
+        key_valid: ``[batch, L+T]`` bool, False for padding and for entries cleared by a reset.
+        key_segment: ``[batch, L+T]`` int, the segment (episode) number of every key.
+        query_segment: ``[batch, T]`` int, the segment number of every query.
+        window: attend to at most this many positions (the query's own included), or None.
+
+    Returns:
+        ``[batch, T, L+T]`` bool, True where attention is allowed: the key is valid, in the
+        query's segment, not in its future and (with a window) fewer than ``window`` positions
+        back.
+    """
+    n_keys = key_valid.shape[1]
+    n_queries = query_segment.shape[1]
+    device = key_valid.device
+    key_pos = torch.arange(n_keys, device=device)
+    query_pos = torch.arange(n_keys - n_queries, n_keys, device=device)
+    distance = query_pos[:, None] - key_pos[None, :]  # [T, L+T]
+    allowed = distance >= 0
+    if window is not None:
+        allowed = allowed & (distance < window)
+    same_segment = query_segment[:, :, None] == key_segment[:, None, :]
+    return allowed[None] & same_segment & key_valid[:, None, :]
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention over a mask, with q, k, v and output projections.
+
+    ``forward(x [batch, T, d_model], past_k, past_v [batch, heads, L, d_head], allowed
+    [batch, T, L+T] bool) -> (y [batch, T, d_model], k, v [batch, heads, L+T, d_head])``.
+    A query with no allowed key (a padding slot) outputs zeros, never NaN.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if d_model % n_heads != 0:
+            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+        self.d_model = d_model
+        self.n_heads = n_heads
+        self.d_head = d_model // n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.dropout = dropout
+
+    def project_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``x [batch, T, d_model] -> q, k, v [batch, heads, T, d_head]``."""
+        b, t, _ = x.shape
+        qkv = self.qkv(x).view(b, t, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)
+        return qkv[0], qkv[1], qkv[2]
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        past_k: torch.Tensor,
+        past_v: torch.Tensor,
+        allowed: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b, t, _ = x.shape
+        q, k_new, v_new = self.project_kv(x)
+        k = torch.cat([past_k, k_new], dim=2)
+        v = torch.cat([past_v, v_new], dim=2)
+        any_key = allowed.any(dim=-1, keepdim=True)  # [B, T, 1]
+        # A fully masked row would give NaN; let it see every key, then zero its output.
+        safe = (allowed | ~any_key)[:, None]  # [B, 1, T, L+T]
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=safe, dropout_p=self.dropout if self.training else 0.0
+        )
+        y = y * any_key[:, None].to(y.dtype)
+        y = y.transpose(1, 2).reshape(b, t, self.d_model)
+        return self.out(y), k, v
+
+
+class TransformerBlock(nn.Module):
+    """Self-attention then a GELU feed-forward, each with LayerNorm, dropout and a residual.
+
+    Pre-norm (``x + f(norm(x))``) or post-norm (``norm(x + f(x))``), like
+    ``torch.nn.TransformerEncoderLayer`` with ``activation="gelu"``.
+    """
+
+    def __init__(
+        self, d_model: int, n_heads: int, d_ff: int, dropout: float, norm_first: bool
+    ) -> None:
+        super().__init__()
+        self.attn = CausalSelfAttention(d_model, n_heads, dropout)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.ff = nn.Sequential(
+            nn.Linear(d_model, d_ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_ff, d_model)
+        )
+        self.drop1 = nn.Dropout(dropout)
+        self.drop2 = nn.Dropout(dropout)
+        self.norm_first = norm_first
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        past_k: torch.Tensor,
+        past_v: torch.Tensor,
+        allowed: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``x [batch, T, d_model] -> (y [batch, T, d_model], k, v [batch, heads, L+T, d_head])``."""
+        if self.norm_first:
+            a, k, v = self.attn(self.norm1(x), past_k, past_v, allowed)
+            x = x + self.drop1(a)
+            x = x + self.drop2(self.ff(self.norm2(x)))
+        else:
+            a, k, v = self.attn(x, past_k, past_v, allowed)
+            x = self.norm1(x + self.drop1(a))
+            x = self.norm2(x + self.drop2(self.ff(x)))
+        return x, k, v
+
+
+class TransformerBackbone(nn.Module):
+    """A stack of causal Transformer blocks implementing the Backbone interface.
+
+    Args:
+        d_model: width of the tokens.
+        n_layers: number of blocks.
+        n_heads: attention heads per block (``d_model`` must be divisible by it).
+        d_ff: hidden width of the feed-forward (default ``4 * d_model``).
+        dropout: dropout on attention weights, residual branches and the feed-forward.
+        norm_first: pre-norm (True, with a final LayerNorm) or post-norm blocks.
+        window: sliding attention window in positions, or None for full causal attention.
+        step_mode: ``"kv_cache"`` or ``"recompute"`` (Decision Transformer's evaluation, needs
+            ``window``); see the module docstring.
+
+    States are dicts of tensors, batch first:
+
+    - kv_cache: ``{"k": (one [batch, heads, L, d_head] per layer), "v": same, "valid":
+      [batch, L]}``,
+      with ``L`` growing by one per step (at most ``window - 1`` with a window).
+    - recompute: ``{"x": [batch, L, d_model], "valid": [batch, L]}``, ``L <= window - 1``.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_layers: int,
+        n_heads: int,
+        d_ff: int | None = None,
+        dropout: float = 0.0,
+        norm_first: bool = True,
+        window: int | None = None,
+        step_mode: StepMode = "kv_cache",
+    ) -> None:
+        super().__init__()
+        if step_mode not in _STEP_MODES:
+            raise ValueError(f"step_mode must be one of {_STEP_MODES}, got {step_mode!r}")
+        if window is not None and window < 1:
+            raise ValueError(f"window must be a positive number of steps or None, got {window}")
+        if step_mode == "recompute" and window is None:
+            raise ValueError(
+                "step_mode='recompute' reruns the model over the last `window` inputs: "
+                "give a window (Decision Transformer uses its context length, e.g. window=20)"
+            )
+        self.d_model = d_model
+        self.n_layers = n_layers
+        self.n_heads = n_heads
+        self.d_head = d_model // n_heads
+        self.window = window
+        self.step_mode: StepMode = step_mode
+        self.norm_first = norm_first
+        d_ff = 4 * d_model if d_ff is None else d_ff
+        self.blocks = nn.ModuleList(
+            TransformerBlock(d_model, n_heads, d_ff, dropout, norm_first) for _ in range(n_layers)
+        )
+        self.final_norm = nn.LayerNorm(d_model) if norm_first else nn.Identity()
+
+    # ----------------------------------------------------------------------------- states
+    def _memory_len(self) -> int | None:
+        """How many past positions a state keeps (None: all of them)."""
+        return None if self.window is None else self.window - 1
+
+    def initial_state(
+        self,
+        batch_size: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> TransformerState:
+        """The empty memory for ``batch_size`` rows (see the class docstring for its layout)."""
+        p = next(self.parameters())
+        device = p.device if device is None else torch.device(device)
+        dtype = p.dtype if dtype is None else dtype
+        valid = torch.zeros(batch_size, 0, dtype=torch.bool, device=device)
+        if self.step_mode == "recompute":
+            x = torch.zeros(batch_size, 0, self.d_model, device=device, dtype=dtype)
+            return {"x": x, "valid": valid}
+        shape = (batch_size, self.n_heads, 0, self.d_head)
+        k = tuple(torch.zeros(shape, device=device, dtype=dtype) for _ in range(self.n_layers))
+        v = tuple(torch.zeros(shape, device=device, dtype=dtype) for _ in range(self.n_layers))
+        return {"k": k, "v": v, "valid": valid}
+
+    def reset_state(self, state: TransformerState, done: torch.Tensor) -> TransformerState:
+        """Forget everything rows with ``done [batch]`` (bool) have seen; other rows keep theirs."""
+        valid = state["valid"]
+        if done.dtype != torch.bool or tuple(done.shape) != (valid.shape[0],):
+            raise ValueError(
+                f"done must be a bool tensor of shape [{valid.shape[0]}], got "
+                f"{done.dtype} {list(done.shape)}"
+            )
+        new = dict(state)
+        new["valid"] = valid & ~done.to(valid.device)[:, None]
+        return new
+
+    def _trim(self, state: TransformerState) -> TransformerState:
+        """Keep the last ``window - 1`` positions; drop leading positions no row can see."""
+        valid = state["valid"]
+        length = valid.shape[1]
+        start = 0
+        keep = self._memory_len()
+        if keep is not None:
+            start = max(0, length - keep)
+        seen = valid[:, start:].any(dim=0)
+        if bool(seen.any()):
+            start += int(seen.to(torch.int8).argmax())
+        else:
+            start = length
+        if start == 0:
+            return state
+
+        def cut(t: torch.Tensor, dim: int) -> torch.Tensor:  # a copy, so no long buffer stays alive
+            return t.narrow(dim, start, length - start).clone()
+
+        new: TransformerState = {"valid": cut(valid, 1)}
+        if "x" in state:
+            new["x"] = cut(state["x"], 1)
+        else:
+            new["k"] = tuple(cut(k, 2) for k in state["k"])
+            new["v"] = tuple(cut(v, 2) for v in state["v"])
+        return new
+
+    # ----------------------------------------------------------------------------- compute
+    def forward(
+        self,
+        x: torch.Tensor,
+        state: TransformerState | None = None,
+        resets: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, TransformerState]:
+        """Run the stack over a chunk of tokens.
+
+        Args:
+            x: ``[batch, T, d_model]`` tokens.
+            state: memory from earlier calls (``initial_state`` / a previous ``forward`` or
+                ``step``), or None for a fresh start. In kv_cache mode the chunk attends to the
+                cached keys and values, so chunked processing equals one long forward. In
+                recompute mode the stored inputs are prepended and rerun (Decision Transformer's
+                semantics: for one token this is exactly a ``step``).
+            resets: ``[batch, T]`` bool; True at t starts a new segment: positions >= t never
+                attend to anything before t (nor to the state).
+            mask: ``[batch, T]`` bool; False marks padding, which is never attended to. Its own
+                outputs are finite but meaningless.
+
+        Returns:
+            ``y [batch, T, d_model]`` and the new state.
+        """
+        if x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(
+                f"x must have shape [batch, time, {self.d_model}], got {list(x.shape)}"
+            )
+        b, t, _ = x.shape
+        resets = _check_bool("resets", resets, (b, t))
+        mask = _check_bool("mask", mask, (b, t))
+        if state is None:
+            state = self.initial_state(b, x.device, x.dtype)
+        if state["valid"].shape[0] != b:
+            raise ValueError(
+                f"state holds {state['valid'].shape[0]} rows but x has batch size {b}: "
+                "build it with initial_state(batch_size)"
+            )
+        if mask is None:
+            mask = torch.ones(b, t, dtype=torch.bool, device=x.device)
+        if resets is None:
+            query_segment = torch.zeros(b, t, dtype=torch.long, device=x.device)
+        else:
+            query_segment = resets.long().cumsum(dim=1)
+        if self.step_mode == "recompute":
+            return self._forward_recompute(x, state, query_segment, mask)
+        return self._forward_cached(x, state, query_segment, mask)
+
+    def _forward_cached(
+        self,
+        x: torch.Tensor,
+        state: TransformerState,
+        query_segment: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, TransformerState]:
+        b = x.shape[0]
+        past_len = state["valid"].shape[1]
+        past_segment = torch.zeros(b, past_len, dtype=torch.long, device=x.device)
+        key_segment = torch.cat([past_segment, query_segment], dim=1)
+        key_valid = torch.cat([state["valid"], mask], dim=1)
+        allowed = attention_mask(key_valid, key_segment, query_segment, self.window)
+        ks, vs = [], []
+        h = x
+        for i, block in enumerate(self.blocks):
+            h, k, v = block(h, state["k"][i].to(x.dtype), state["v"][i].to(x.dtype), allowed)
+            ks.append(k)
+            vs.append(v)
+        y = self.final_norm(h)
+        # After a reset inside the chunk, only the last segment stays visible to later calls.
+        last_segment = key_segment[:, -1:] if key_segment.shape[1] else key_segment
+        new_state = {
+            "k": tuple(ks),
+            "v": tuple(vs),
+            "valid": key_valid & (key_segment == last_segment),
+        }
+        return y, self._trim(new_state)
+
+    def _forward_recompute(
+        self,
+        x: torch.Tensor,
+        state: TransformerState,
+        query_segment: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, TransformerState]:
+        b, t, _ = x.shape
+        past_len = state["valid"].shape[1]
+        past_segment = torch.zeros(b, past_len, dtype=torch.long, device=x.device)
+        segment = torch.cat([past_segment, query_segment], dim=1)
+        valid = torch.cat([state["valid"], mask], dim=1)
+        inputs = torch.cat([state["x"].to(x.dtype), x], dim=1)
+        allowed = attention_mask(valid, segment, segment, self.window)
+        h = inputs
+        empty = inputs.new_zeros(b, self.n_heads, 0, self.d_head)
+        for block in self.blocks:
+            h, _, _ = block(h, empty, empty, allowed)
+        y = self.final_norm(h)[:, past_len:]
+        last_segment = segment[:, -1:] if segment.shape[1] else segment
+        new_state = {"x": inputs, "valid": valid & (segment == last_segment)}
+        return y, self._trim(new_state)
+
+    def step(
+        self, x: torch.Tensor, state: TransformerState
+    ) -> tuple[torch.Tensor, TransformerState]:
+        """One token per row: ``x [batch, d_model] -> (y [batch, d_model], state)``."""
+        if x.dim() != 2:
+            raise ValueError(f"step takes x of shape [batch, {self.d_model}], got {list(x.shape)}")
+        y, state = self.forward(x[:, None], state)
+        return y[:, 0], state
+
+
+__all__ = ["TransformerBackbone", "TransformerBlock", "CausalSelfAttention", "attention_mask"]

@@ -1,0 +1,300 @@
+"""The causal Transformer baseline: its attention against a naive quadratic reference and
+torch's own encoder layer, and its step (KV cache, window recompute) against its forward."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from aaren_rl.nn.backbone import Backbone, state_nbytes
+from aaren_rl.nn.transformer import CausalSelfAttention, TransformerBackbone
+
+F64 = dict(atol=1e-10, rtol=0.0)
+F32 = dict(atol=1e-5, rtol=1e-5)
+
+
+def make(seed: int = 0, dtype: torch.dtype = torch.float64, **kw) -> TransformerBackbone:
+    torch.manual_seed(seed)
+    args = dict(d_model=16, n_layers=2, n_heads=4)
+    args.update(kw)
+    return TransformerBackbone(**args).to(dtype).eval()
+
+
+def randn(*shape: int, seed: int = 1, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=dtype)
+
+
+def naive_attention(
+    attn: CausalSelfAttention,
+    x: torch.Tensor,
+    resets: torch.Tensor,
+    mask: torch.Tensor,
+    window: int | None,
+) -> torch.Tensor:
+    """Loops over batch, head and query: softmax over the keys a query may see, by hand."""
+    b, t, d = x.shape
+    h, dh = attn.n_heads, attn.d_head
+    w, bias = attn.qkv.weight, attn.qkv.bias
+    q = x @ w[:d].T + bias[:d]
+    k = x @ w[d : 2 * d].T + bias[d : 2 * d]
+    v = x @ w[2 * d :].T + bias[2 * d :]
+    out = torch.zeros(b, t, d, dtype=x.dtype)
+    for bi in range(b):
+        for i in range(t):
+            # the segment start: the last reset at or before i
+            start = max([j for j in range(i + 1) if resets[bi, j]], default=0)
+            lo = start if window is None else max(start, i - window + 1)
+            keys = [j for j in range(lo, i + 1) if mask[bi, j]]
+            if not keys:
+                continue  # nothing to attend to: zero output
+            for hi in range(h):
+                sl = slice(hi * dh, (hi + 1) * dh)
+                scores = torch.stack([q[bi, i, sl] @ k[bi, j, sl] for j in keys]) / math.sqrt(dh)
+                p = torch.exp(scores - scores.max())
+                p = p / p.sum()
+                out[bi, i, sl] = sum(p[n] * v[bi, j, sl] for n, j in enumerate(keys))
+    return out @ attn.out.weight.T + attn.out.bias
+
+
+@pytest.mark.parametrize("window", [None, 1, 3])
+def test_attention_layer_matches_naive_quadratic(window: int | None) -> None:
+    torch.manual_seed(0)
+    attn = CausalSelfAttention(d_model=8, n_heads=2).double()
+    b, t = 3, 9
+    x = randn(b, t, 8)
+    resets = torch.zeros(b, t, dtype=torch.bool)
+    resets[0, 4] = True
+    resets[2, 1] = resets[2, 6] = True
+    mask = torch.ones(b, t, dtype=torch.bool)
+    mask[1, 2] = mask[1, 7] = False
+    mask[2, 6] = False  # the first token of a segment is padding: its row is fully masked
+    from aaren_rl.nn.transformer import attention_mask
+
+    seg = resets.long().cumsum(1)
+    allowed = attention_mask(mask, seg, seg, window)
+    empty = x.new_zeros(b, 2, 0, 4)
+    y, k, v = attn(x, empty, empty, allowed)
+    ref = naive_attention(attn, x, resets, mask, window)
+    torch.testing.assert_close(y, ref, **F64)
+    assert k.shape == v.shape == (b, 2, t, 4)
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_block_matches_torch_transformer_encoder_layer(norm_first: bool) -> None:
+    """One block equals torch.nn.TransformerEncoderLayer (gelu) with a causal mask, weights
+    copied across; the parameter counts are equal."""
+    d, h, ff = 16, 4, 24
+    net = make(d_model=d, n_layers=1, n_heads=h, d_ff=ff, norm_first=norm_first)
+    block = net.blocks[0]
+    ref = nn.TransformerEncoderLayer(
+        d, h, ff, dropout=0.0, activation="gelu", batch_first=True, norm_first=norm_first
+    ).double()
+    ref.eval()
+    with torch.no_grad():
+        ref.self_attn.in_proj_weight.copy_(block.attn.qkv.weight)
+        ref.self_attn.in_proj_bias.copy_(block.attn.qkv.bias)
+        ref.self_attn.out_proj.weight.copy_(block.attn.out.weight)
+        ref.self_attn.out_proj.bias.copy_(block.attn.out.bias)
+        ref.linear1.load_state_dict(block.ff[0].state_dict())
+        ref.linear2.load_state_dict(block.ff[3].state_dict())
+        ref.norm1.load_state_dict(block.norm1.state_dict())
+        ref.norm2.load_state_dict(block.norm2.state_dict())
+    x = randn(2, 11, d)
+    causal = nn.Transformer.generate_square_subsequent_mask(11, dtype=torch.float64)
+    expected = ref(x, src_mask=causal, is_causal=True)
+    if norm_first:
+        expected = net.final_norm(expected)
+    y, _ = net(x)
+    torch.testing.assert_close(y, expected, **F64)
+    n_block = sum(p.numel() for p in block.parameters())
+    assert n_block == sum(p.numel() for p in ref.parameters())
+
+
+def test_is_a_backbone() -> None:
+    assert isinstance(make(), Backbone)
+
+
+def step_all(net: TransformerBackbone, x: torch.Tensor, state=None) -> tuple[torch.Tensor, dict]:
+    state = net.initial_state(x.shape[0]) if state is None else state
+    ys = []
+    for t in range(x.shape[1]):
+        y, state = net.step(x[:, t], state)
+        ys.append(y)
+    return torch.stack(ys, dim=1), state
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+@pytest.mark.parametrize("window", [None, 1, 4])
+def test_kv_cache_step_equals_forward(window: int | None, norm_first: bool) -> None:
+    net = make(window=window, norm_first=norm_first, n_layers=3)
+    x = randn(3, 13, 16)
+    expected, _ = net(x)
+    got, state = step_all(net, x)
+    torch.testing.assert_close(got, expected, **F64)
+    cache_len = state["valid"].shape[1]
+    assert cache_len == (13 if window is None else window - 1)
+
+
+def test_kv_cache_step_equals_forward_float32() -> None:
+    net = make(window=None, dtype=torch.float32)
+    x = randn(2, 40, 16, dtype=torch.float32)
+    expected, _ = net(x)
+    got, _ = step_all(net, x)
+    torch.testing.assert_close(got, expected, **F32)
+
+
+@pytest.mark.parametrize("window", [1, 3, 5])
+def test_recompute_step_is_decision_transformer_window(window: int) -> None:
+    """Step at t equals forward over x[t-window+1 : t+1], last output (full forward for t < window)."""
+    net = make(window=window, step_mode="recompute", n_layers=3)
+    x = randn(2, 12, 16)
+    got, state = step_all(net, x)
+    full, _ = net(x)
+    for t in range(12):
+        ctx = x[:, max(0, t - window + 1) : t + 1]
+        ref, _ = net(ctx)
+        torch.testing.assert_close(got[:, t], ref[:, -1], **F64)
+        if t < window:
+            torch.testing.assert_close(got[:, t], full[:, t], **F64)
+    assert state["x"].shape == (2, window - 1, 16)
+    # with several layers the windowed forward sees further back than DT's recompute: they differ
+    if 1 < window < 12:
+        assert not torch.allclose(got[:, -1], full[:, -1])
+
+
+def test_recompute_needs_a_window() -> None:
+    with pytest.raises(ValueError, match="window"):
+        TransformerBackbone(16, 1, 2, step_mode="recompute")
+
+
+@pytest.mark.parametrize(
+    ("step_mode", "window"), [("kv_cache", None), ("kv_cache", 3), ("recompute", 3)]
+)
+def test_resets_equal_separate_sequences(window: int | None, step_mode: str) -> None:
+    net = make(window=window, step_mode=step_mode)
+    x = randn(2, 10, 16)
+    resets = torch.zeros(2, 10, dtype=torch.bool)
+    resets[0, 0] = resets[0, 4] = resets[0, 7] = True  # three episodes in row 0
+    resets[1, 5] = True
+    y, _ = net(x, resets=resets)
+    for row, bounds in ((0, [0, 4, 7, 10]), (1, [0, 5, 10])):
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+            alone, _ = net(x[row : row + 1, lo:hi])
+            torch.testing.assert_close(y[row, lo:hi], alone[0], **F64)
+
+
+@pytest.mark.parametrize("window", [None, 4])
+def test_padding_changes_no_other_output(window: int | None) -> None:
+    net = make(window=window)
+    b, t = 3, 9
+    x = randn(b, t, 16)
+    mask = torch.ones(b, t, dtype=torch.bool)
+    mask[0, 6:] = False  # right padding
+    mask[1, :3] = False  # left padding (Decision Transformer's way)
+    mask[2, 4] = False  # a hole
+    y, _ = net(x, mask=mask)
+    assert torch.isfinite(y).all()
+    x2 = x.clone()
+    x2[~mask] = 1e6 * randn(int((~mask).sum()), 16, seed=7)
+    y2, _ = net(x2, mask=mask)
+    torch.testing.assert_close(y2[mask], y[mask], **F64)
+    # right and left padding leave exactly the outputs of the unpadded sequences
+    torch.testing.assert_close(y[0, :6], net(x[:1, :6])[0][0], **F64)
+    torch.testing.assert_close(y[1, 3:], net(x[1:2, 3:])[0][0], **F64)
+    # a fully padded row gives finite outputs and finite gradients
+    xg = x.clone().requires_grad_(True)
+    yg, _ = net(xg, mask=torch.zeros(b, t, dtype=torch.bool))
+    yg.sum().backward()
+    assert torch.isfinite(yg).all() and torch.isfinite(xg.grad).all()
+
+
+@pytest.mark.parametrize(
+    ("step_mode", "window"), [("kv_cache", None), ("kv_cache", 3), ("recompute", 3)]
+)
+def test_reset_state_restarts_one_row_only(step_mode: str, window: int | None) -> None:
+    net = make(window=window, step_mode=step_mode)
+    x = randn(3, 12, 16)
+    _, state = step_all(net, x[:, :7])
+    done = torch.tensor([False, True, False])
+    state = net.reset_state(state, done)
+    after, _ = step_all(net, x[:, 7:], state)
+    # rows 0 and 2 continue as if nothing happened; row 1 behaves like a fresh start
+    if step_mode == "kv_cache":
+        uninterrupted, _ = net(x)
+        torch.testing.assert_close(after[[0, 2]], uninterrupted[[0, 2], 7:], **F64)
+    else:
+        uninterrupted, _ = step_all(net, x)
+        torch.testing.assert_close(after[[0, 2]], uninterrupted[[0, 2], 7:], **F64)
+    fresh, _ = step_all(net, x[1:2, 7:])
+    torch.testing.assert_close(after[1], fresh[0], **F64)
+
+
+@pytest.mark.parametrize("window", [None, 1, 4])
+def test_chunked_forward_equals_one_forward(window: int | None) -> None:
+    net = make(window=window, n_layers=3)
+    x = randn(2, 17, 16)
+    resets = torch.zeros(2, 17, dtype=torch.bool)
+    resets[0, 9] = True  # a reset inside the second chunk
+    resets[1, 5] = True  # a reset exactly at a chunk boundary
+    mask = torch.ones(2, 17, dtype=torch.bool)
+    mask[1, 11] = False
+    whole, _ = net(x, resets=resets, mask=mask)
+    state, parts = None, []
+    for lo, hi in ((0, 5), (5, 6), (6, 12), (12, 17)):
+        y, state = net(x[:, lo:hi], state, resets=resets[:, lo:hi], mask=mask[:, lo:hi])
+        parts.append(y)
+    chunked = torch.cat(parts, dim=1)
+    torch.testing.assert_close(chunked[mask], whole[mask], **F64)
+
+
+def test_chunked_gradients_equal_one_forward() -> None:
+    net = make(window=None)
+    x = randn(2, 10, 16).requires_grad_(True)
+    w = randn(2, 10, 16, seed=3)
+    (net(x)[0] * w).sum().backward()
+    g_whole = x.grad.clone()
+    x.grad = None
+    y1, state = net(x[:, :4])
+    y2, _ = net(x[:, 4:], state)
+    (torch.cat([y1, y2], 1) * w).sum().backward()
+    torch.testing.assert_close(x.grad, g_whole, **F64)
+
+
+def test_state_size_bounded_by_window_and_growing_without() -> None:
+    x = randn(1, 30, 16)
+    sizes: dict[str, list[int]] = {}
+    for name, kw in {
+        "full": dict(window=None),
+        "window": dict(window=5),
+        "recompute": dict(window=5, step_mode="recompute"),
+    }.items():
+        net = make(**kw)
+        state = net.initial_state(1)
+        sizes[name] = []
+        for t in range(30):
+            _, state = net.step(x[:, t], state)
+            sizes[name].append(state_nbytes(state))
+    # full cache: 2 layers x (k + v) x 16 numbers x 8 bytes + 1 validity byte per position
+    per_token = 2 * 2 * 16 * 8 + 1
+    assert sizes["full"] == [per_token * (t + 1) for t in range(30)]
+    assert sizes["window"][4:] == [per_token * 4] * 26
+    assert sizes["recompute"][4:] == [(16 * 8 + 1) * 4] * 26
+
+
+def test_bad_inputs_say_what_is_wrong() -> None:
+    net = make()
+    x = randn(2, 5, 16)
+    with pytest.raises(TypeError, match="resets must be a bool"):
+        net(x, resets=torch.zeros(2, 5))
+    with pytest.raises(ValueError, match=r"mask must have shape \[2, 5\]"):
+        net(x, mask=torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="batch, time, 16"):
+        net(randn(2, 5, 8))
+    with pytest.raises(ValueError, match="initial_state"):
+        net(x, net.initial_state(3))
+    with pytest.raises(ValueError, match="divisible"):
+        TransformerBackbone(10, 1, 3)
