@@ -1,0 +1,319 @@
+"""Roll out a decision model in Gymnasium vector environments with one memory per environment.
+
+Per vector step, for every environment at once: ``model.act`` feeds R_t and s_t and predicts
+a_t, the action is clipped to the action space, ``model.observe_action`` feeds the executed
+action, then the environments step. Each environment keeps its own return-to-go (the target
+minus the rewards of its current episode, unscaled: the model scales it), its own timestep and
+its own row of the recurrent state; when one environment's episode ends, only its row is reset.
+
+Gymnasium 1.x vector environments reset finished environments themselves ("autoreset"). By
+default they use ``AutoresetMode.NEXT_STEP``: the ``step`` after an episode ends ignores that
+environment's action and returns the first observation of its next episode, with reward 0 and
+no termination. The rollout knows this: that step counts for nothing (no reward, no timestep)
+and the environment's memory is reset before the new episode's first observation is fed.
+``AutoresetMode.SAME_STEP`` (the reset observation arrives with the final step) is supported
+too and gives the same episodes.
+
+Episodes are shared out as in Stable-Baselines3's ``evaluate_policy``: environment i runs
+``(n_episodes + i) // n_envs`` episodes, so short episodes are not over-represented. With
+``envs.reset(seed=seed)`` environment i is seeded with ``seed + i``, and its later episodes
+follow from that seed, so environment i in a vector rollout plays exactly the episodes that a
+one-environment rollout with seed ``seed + i`` plays.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode
+from tqdm.auto import tqdm
+
+from aaren_rl.nn.backbone import state_nbytes
+
+from .decision_model import DecisionModel
+
+
+@dataclass
+class EpisodeRecord:
+    """What one episode fed the model and got back (``record=True``), T = episode length.
+
+    ``observations [T, obs_dim]`` raw, ``actions [T, act_dim]`` executed (after clipping),
+    ``rewards [T]``, ``returns_to_go [T]`` as fed (unscaled), ``timesteps [T]`` as fed.
+    """
+
+    env_index: int
+    observations: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    returns_to_go: np.ndarray
+    timesteps: np.ndarray
+    terminated: bool
+    truncated: bool
+
+
+@dataclass
+class RolloutResult:
+    """Returns and costs of an evaluation.
+
+    Episodes are listed by environment, then in the order that environment played them.
+    ``step_latency_ms`` is the median wall-clock time of the model's work for one vector step
+    (act + observe_action for all ``n_envs`` environments together, including the copy of the
+    actions to the CPU); ``env_step_latency_ms`` the median time of the environments' step.
+    ``state_bytes_per_env_*`` is ``state_nbytes(state) / n_envs`` after the first vector step,
+    after the last one and the largest seen.
+    """
+
+    target_return: float
+    n_envs: int
+    returns: np.ndarray
+    lengths: np.ndarray
+    episode_env: np.ndarray
+    mean_return: float
+    std_return: float
+    step_latency_ms: float
+    env_step_latency_ms: float
+    state_bytes_per_env_first: int
+    state_bytes_per_env_last: int
+    state_bytes_per_env_max: int
+    latency_ms_by_step: np.ndarray = field(repr=False)
+    episodes: list[EpisodeRecord] | None = field(default=None, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-friendly dict of the scalar results and the per-episode returns."""
+        return {
+            "target_return": self.target_return,
+            "n_envs": self.n_envs,
+            "n_episodes": len(self.returns),
+            "mean_return": self.mean_return,
+            "std_return": self.std_return,
+            "returns": [float(r) for r in self.returns],
+            "lengths": [int(n) for n in self.lengths],
+            "step_latency_ms": self.step_latency_ms,
+            "env_step_latency_ms": self.env_step_latency_ms,
+            "state_bytes_per_env_first": self.state_bytes_per_env_first,
+            "state_bytes_per_env_last": self.state_bytes_per_env_last,
+            "state_bytes_per_env_max": self.state_bytes_per_env_max,
+        }
+
+
+def _unwrap(model: torch.nn.Module) -> DecisionModel:
+    inner = getattr(model, "module", model)  # DistributedDataParallel / DataParallel
+    if not isinstance(inner, DecisionModel):
+        raise TypeError(f"evaluate_agent needs a DecisionModel, got {type(inner).__name__}")
+    return inner
+
+
+def _autoreset_mode(mode: str | AutoresetMode) -> AutoresetMode:
+    try:
+        mode = AutoresetMode(mode)
+    except ValueError:
+        raise ValueError(
+            f"autoreset_mode {mode!r} is not supported; use 'NextStep' or 'SameStep'"
+        ) from None
+    if mode == AutoresetMode.DISABLED:
+        raise ValueError("autoreset_mode 'Disabled' is not supported; use 'NextStep' or 'SameStep'")
+    return mode
+
+
+def _check_spaces(envs: gym.vector.VectorEnv, model: DecisionModel, env_id: str) -> None:
+    obs_space, act_space = envs.single_observation_space, envs.single_action_space
+    if not isinstance(obs_space, gym.spaces.Box) or obs_space.shape != (model.obs_dim,):
+        raise ValueError(
+            f"environment {env_id} gives observations {obs_space} but the model expects "
+            f"shape ({model.obs_dim},) (obs_dim={model.obs_dim}); evaluate it on the task it "
+            "was trained for"
+        )
+    if not isinstance(act_space, gym.spaces.Box) or act_space.shape != (model.act_dim,):
+        raise ValueError(
+            f"environment {env_id} takes actions {act_space} but the model predicts shape "
+            f"({model.act_dim},) (act_dim={model.act_dim}); evaluate it on the task it was "
+            "trained for"
+        )
+
+
+def evaluate_agent(
+    model: torch.nn.Module,
+    env_id: str,
+    target_return: float,
+    n_episodes: int,
+    n_envs: int = 1,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    max_episode_steps: int | None = None,
+    env_kwargs: dict[str, Any] | None = None,
+    *,
+    autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
+    record: bool = False,
+    progress: bool = False,
+) -> RolloutResult:
+    """Play ``n_episodes`` episodes of ``env_id`` with ``n_envs`` environments side by side.
+
+    Args:
+        model: a ``DecisionModel`` (or a DDP wrapper of one); put in eval mode for the rollout
+            and given back in the mode it came in.
+        env_id: a Gymnasium id (``gym.make_vec(env_id, ...)``, synchronous vector env).
+        target_return: the return to condition on, unscaled (e.g. 3600 for hopper).
+        n_episodes: episodes to play in all; ``n_envs`` is lowered to it if larger.
+        n_envs: environments stepped together (one model call per vector step).
+        seed: environment i is seeded with ``seed + i``.
+        device: where the model runs (it is moved there); default: where it already is.
+        max_episode_steps: time limit passed to ``gym.make`` (default: the env's own).
+        env_kwargs: more keyword arguments for ``gym.make``.
+        autoreset_mode: the vector env's autoreset mode, ``"NextStep"`` (Gymnasium's default)
+            or ``"SameStep"``; both give the same episodes.
+        record: keep every episode's inputs and actions in ``result.episodes``.
+        progress: show a progress bar over episodes.
+    """
+    net = _unwrap(model)
+    if n_episodes < 1:
+        raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
+    if n_envs < 1:
+        raise ValueError(f"n_envs must be >= 1, got {n_envs}")
+    n_envs = min(n_envs, n_episodes)
+    mode = _autoreset_mode(autoreset_mode)
+    if device is not None:
+        net.to(device)
+    device = next(net.parameters()).device
+    target = float(target_return)
+    make_kwargs = dict(env_kwargs or {})
+    if max_episode_steps is not None:
+        make_kwargs["max_episode_steps"] = int(max_episode_steps)
+
+    envs = gym.make_vec(
+        env_id,
+        num_envs=n_envs,
+        vectorization_mode="sync",
+        vector_kwargs={"autoreset_mode": mode},
+        **make_kwargs,
+    )
+    was_training = net.training
+    net.eval()
+    try:
+        _check_spaces(envs, net, env_id)
+        low = torch.as_tensor(envs.single_action_space.low, dtype=torch.float32, device=device)
+        high = torch.as_tensor(envs.single_action_space.high, dtype=torch.float32, device=device)
+        targets = np.array([(n_episodes + i) // n_envs for i in range(n_envs)])
+        counts = np.zeros(n_envs, dtype=np.int64)
+        per_env: list[list[tuple[float, int, EpisodeRecord | None]]] = [[] for _ in range(n_envs)]
+        buffers: list[dict[str, list]] = [_empty_buffer() for _ in range(n_envs)]
+
+        rtg = np.full(n_envs, target, dtype=np.float64)
+        timestep = np.zeros(n_envs, dtype=np.int64)
+        ep_return = np.zeros(n_envs, dtype=np.float64)
+        ep_length = np.zeros(n_envs, dtype=np.int64)
+        pending_reset = np.zeros(n_envs, dtype=bool)  # NEXT_STEP: next step() only resets
+        model_ms: list[float] = []
+        env_ms: list[float] = []
+        bytes_first = bytes_last = bytes_max = None
+
+        obs, _ = envs.reset(seed=seed)
+        with torch.inference_mode():
+            state = net.initial_state(n_envs, device=device)
+            bar = tqdm(total=n_episodes, desc=f"eval {env_id}", unit="ep", disable=not progress)
+            while (counts < targets).any():
+                t0 = time.perf_counter()
+                obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
+                t_t = torch.as_tensor(timestep, device=device)
+                rtg_t = torch.as_tensor(rtg, dtype=torch.float32, device=device)
+                action, state = net.act(obs_t, rtg_t, t_t, state)
+                action = torch.maximum(torch.minimum(action.float(), high), low)
+                state = net.observe_action(action, t_t, state)
+                action_np = action.cpu().numpy()
+                model_ms.append((time.perf_counter() - t0) * 1e3)
+
+                nbytes = round(state_nbytes(state) / n_envs)
+                bytes_first = nbytes if bytes_first is None else bytes_first
+                bytes_last = nbytes
+                bytes_max = nbytes if bytes_max is None else max(bytes_max, nbytes)
+
+                stepping = ~pending_reset  # envs whose step() is a real environment step
+                if record:
+                    for i in np.flatnonzero(stepping & (counts < targets)):
+                        buf = buffers[i]
+                        buf["observations"].append(np.asarray(obs[i], dtype=np.float64))
+                        buf["actions"].append(action_np[i])
+                        buf["returns_to_go"].append(rtg[i])
+                        buf["timesteps"].append(timestep[i])
+
+                t1 = time.perf_counter()
+                obs, reward, terminated, truncated, _ = envs.step(action_np)
+                env_ms.append((time.perf_counter() - t1) * 1e3)
+
+                reward = np.where(stepping, np.asarray(reward, dtype=np.float64), 0.0)
+                ep_return += reward
+                ep_length += stepping
+                rtg -= reward
+                timestep += stepping
+                if record:
+                    for i in np.flatnonzero(stepping & (counts < targets)):
+                        buffers[i]["rewards"].append(reward[i])
+
+                done = stepping & (np.asarray(terminated) | np.asarray(truncated))
+                for i in np.flatnonzero(done):
+                    if counts[i] >= targets[i]:
+                        continue
+                    rec = None
+                    if record:
+                        rec = _to_record(buffers[i], i, bool(terminated[i]), bool(truncated[i]))
+                    per_env[i].append((float(ep_return[i]), int(ep_length[i]), rec))
+                    counts[i] += 1
+                    bar.update(1)
+
+                if mode == AutoresetMode.NEXT_STEP:
+                    new_episode = pending_reset.copy()
+                    pending_reset = done
+                else:
+                    new_episode = done
+                if new_episode.any():
+                    state = net.reset_state(state, torch.as_tensor(new_episode, device=device))
+                    rtg[new_episode] = target
+                    timestep[new_episode] = 0
+                    ep_return[new_episode] = 0.0
+                    ep_length[new_episode] = 0
+                    for i in np.flatnonzero(new_episode):
+                        buffers[i] = _empty_buffer()
+            bar.close()
+    finally:
+        envs.close()
+        net.train(was_training)
+
+    flat = [(i, ret, n, rec) for i in range(n_envs) for (ret, n, rec) in per_env[i]]
+    returns = np.array([ret for _, ret, _, _ in flat], dtype=np.float64)
+    return RolloutResult(
+        target_return=target,
+        n_envs=n_envs,
+        returns=returns,
+        lengths=np.array([n for _, _, n, _ in flat], dtype=np.int64),
+        episode_env=np.array([i for i, _, _, _ in flat], dtype=np.int64),
+        mean_return=float(returns.mean()),
+        std_return=float(returns.std()),
+        step_latency_ms=float(np.median(model_ms)),
+        env_step_latency_ms=float(np.median(env_ms)),
+        state_bytes_per_env_first=int(bytes_first),
+        state_bytes_per_env_last=int(bytes_last),
+        state_bytes_per_env_max=int(bytes_max),
+        latency_ms_by_step=np.asarray(model_ms),
+        episodes=[rec for _, _, _, rec in flat] if record else None,
+    )
+
+
+def _empty_buffer() -> dict[str, list]:
+    return {k: [] for k in ("observations", "actions", "rewards", "returns_to_go", "timesteps")}
+
+
+def _to_record(buf: dict[str, list], env_index: int, terminated: bool, truncated: bool):
+    return EpisodeRecord(
+        env_index=env_index,
+        observations=np.stack(buf["observations"]),
+        actions=np.stack(buf["actions"]),
+        rewards=np.asarray(buf["rewards"], dtype=np.float64),
+        returns_to_go=np.asarray(buf["returns_to_go"], dtype=np.float64),
+        timesteps=np.asarray(buf["timesteps"], dtype=np.int64),
+        terminated=terminated,
+        truncated=truncated,
+    )
