@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from aaren_rl.nn.backbone import Backbone, state_nbytes
-from aaren_rl.nn.transformer import CausalSelfAttention, TransformerBackbone
+from aaren_rl.nn.transformer import CausalSelfAttention, TransformerBackbone, attention_mask
 
 F64 = dict(atol=1e-10, rtol=0.0)
 F32 = dict(atol=1e-5, rtol=1e-5)
@@ -72,7 +72,6 @@ def test_attention_layer_matches_naive_quadratic(window: int | None) -> None:
     mask = torch.ones(b, t, dtype=torch.bool)
     mask[1, 2] = mask[1, 7] = False
     mask[2, 6] = False  # the first token of a segment is padding: its row is fully masked
-    from aaren_rl.nn.transformer import attention_mask
 
     seg = resets.long().cumsum(1)
     allowed = attention_mask(mask, seg, seg, window)
@@ -83,15 +82,17 @@ def test_attention_layer_matches_naive_quadratic(window: int | None) -> None:
     assert k.shape == v.shape == (b, 2, t, 4)
 
 
-@pytest.mark.parametrize("norm_first", [True, False])
-def test_block_matches_torch_transformer_encoder_layer(norm_first: bool) -> None:
-    """One block equals torch.nn.TransformerEncoderLayer (gelu) with a causal mask, weights
-    copied across; the parameter counts are equal."""
+@pytest.mark.parametrize(("norm_first", "activation"), [(True, "relu"), (False, "gelu")])
+def test_block_matches_torch_transformer_encoder_layer(norm_first: bool, activation: str) -> None:
+    """One block equals torch.nn.TransformerEncoderLayer with a causal mask, weights copied
+    across; the parameter counts are equal."""
     d, h, ff = 16, 4, 24
-    net = make(d_model=d, n_layers=1, n_heads=h, d_ff=ff, norm_first=norm_first)
+    net = make(
+        d_model=d, n_layers=1, n_heads=h, d_ff=ff, norm_first=norm_first, activation=activation
+    )
     block = net.blocks[0]
     ref = nn.TransformerEncoderLayer(
-        d, h, ff, dropout=0.0, activation="gelu", batch_first=True, norm_first=norm_first
+        d, h, ff, dropout=0.0, activation=activation, batch_first=True, norm_first=norm_first
     ).double()
     ref.eval()
     with torch.no_grad():
@@ -106,16 +107,21 @@ def test_block_matches_torch_transformer_encoder_layer(norm_first: bool) -> None
     x = randn(2, 11, d)
     causal = nn.Transformer.generate_square_subsequent_mask(11, dtype=torch.float64)
     expected = ref(x, src_mask=causal, is_causal=True)
-    if norm_first:
-        expected = net.final_norm(expected)
     y, _ = net(x)
     torch.testing.assert_close(y, expected, **F64)
     n_block = sum(p.numel() for p in block.parameters())
     assert n_block == sum(p.numel() for p in ref.parameters())
 
 
-def test_is_a_backbone() -> None:
+def test_is_a_backbone_with_aarens_parameters_but_the_query() -> None:
+    """Same width, layers, heads: Aaren has exactly one learned query (d_model) more per layer."""
     assert isinstance(make(), Backbone)
+    from aaren_rl.nn.aaren import AarenBackbone
+
+    kw = dict(d_model=32, n_layers=3, n_heads=4, d_ff=48)
+    n_tf = sum(p.numel() for p in TransformerBackbone(**kw).parameters())
+    n_aaren = sum(p.numel() for p in AarenBackbone(**kw).parameters())
+    assert n_aaren - n_tf == 3 * 32
 
 
 def step_all(net: TransformerBackbone, x: torch.Tensor, state=None) -> tuple[torch.Tensor, dict]:

@@ -1,8 +1,11 @@
 """A causal Transformer behind the Backbone interface: the baseline Aaren is measured against.
 
 The blocks are ordinary Transformer encoder layers (multi-head causal self-attention, LayerNorm,
-residual, GELU feed-forward; pre-norm or post-norm) with no positional encoding inside: the agent
-adds its own timestep embeddings. Attention is causal, optionally limited to a sliding window of
+residual, ReLU or GELU feed-forward; pre-norm or post-norm), laid out like
+``torch.nn.TransformerEncoderLayer`` and like :class:`aaren_rl.nn.aaren.AarenBlock`, so the two
+backbones differ only in the attention (Aaren adds one learned query of ``d_model`` numbers per
+layer). No positional encoding inside (the agent adds timestep embeddings) and no final
+LayerNorm (the agent applies its own, as it does after Aaren). Attention is causal, optionally limited to a sliding window of
 ``window`` positions (a token attends to itself and the ``window - 1`` positions before it;
 positions are counted in the sequence as given, padding slots included).
 
@@ -125,22 +128,38 @@ class CausalSelfAttention(nn.Module):
         return self.out(y), k, v
 
 
-class TransformerBlock(nn.Module):
-    """Self-attention then a GELU feed-forward, each with LayerNorm, dropout and a residual.
+_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 
-    Pre-norm (``x + f(norm(x))``) or post-norm (``norm(x + f(x))``), like
-    ``torch.nn.TransformerEncoderLayer`` with ``activation="gelu"``.
+
+class TransformerBlock(nn.Module):
+    """Self-attention then a feed-forward, each with LayerNorm, dropout and a residual.
+
+    Pre-norm (``x + f(norm(x))``) or post-norm (``norm(x + f(x))``), exactly
+    ``torch.nn.TransformerEncoderLayer`` with a causal mask.
     """
 
     def __init__(
-        self, d_model: int, n_heads: int, d_ff: int, dropout: float, norm_first: bool
+        self,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        dropout: float,
+        norm_first: bool,
+        activation: str = "relu",
     ) -> None:
         super().__init__()
+        if activation not in _ACTIVATIONS:
+            raise ValueError(
+                f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}"
+            )
         self.attn = CausalSelfAttention(d_model, n_heads, dropout)
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
         self.ff = nn.Sequential(
-            nn.Linear(d_model, d_ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_ff, d_model)
+            nn.Linear(d_model, d_ff),
+            _ACTIVATIONS[activation](),
+            nn.Dropout(dropout),
+            nn.Linear(d_ff, d_model),
         )
         self.drop1 = nn.Dropout(dropout)
         self.drop2 = nn.Dropout(dropout)
@@ -174,10 +193,11 @@ class TransformerBackbone(nn.Module):
         n_heads: attention heads per block (``d_model`` must be divisible by it).
         d_ff: hidden width of the feed-forward (default ``4 * d_model``).
         dropout: dropout on attention weights, residual branches and the feed-forward.
-        norm_first: pre-norm (True, with a final LayerNorm) or post-norm blocks.
+        norm_first: pre-norm (True) or post-norm blocks.
         window: sliding attention window in positions, or None for full causal attention.
         step_mode: ``"kv_cache"`` or ``"recompute"`` (Decision Transformer's evaluation, needs
             ``window``); see the module docstring.
+        activation: ``"relu"`` (torch's and AarenBackbone's default) or ``"gelu"`` (GPT-2's).
 
     States are dicts of tensors, batch first:
 
@@ -197,6 +217,7 @@ class TransformerBackbone(nn.Module):
         norm_first: bool = True,
         window: int | None = None,
         step_mode: StepMode = "kv_cache",
+        activation: str = "relu",
     ) -> None:
         super().__init__()
         if step_mode not in _STEP_MODES:
@@ -217,9 +238,9 @@ class TransformerBackbone(nn.Module):
         self.norm_first = norm_first
         d_ff = 4 * d_model if d_ff is None else d_ff
         self.blocks = nn.ModuleList(
-            TransformerBlock(d_model, n_heads, d_ff, dropout, norm_first) for _ in range(n_layers)
+            TransformerBlock(d_model, n_heads, d_ff, dropout, norm_first, activation)
+            for _ in range(n_layers)
         )
-        self.final_norm = nn.LayerNorm(d_model) if norm_first else nn.Identity()
 
     # ----------------------------------------------------------------------------- states
     def _memory_len(self) -> int | None:
@@ -352,7 +373,7 @@ class TransformerBackbone(nn.Module):
             h, k, v = block(h, state["k"][i].to(x.dtype), state["v"][i].to(x.dtype), allowed)
             ks.append(k)
             vs.append(v)
-        y = self.final_norm(h)
+        y = h
         # After a reset inside the chunk, only the last segment stays visible to later calls.
         last_segment = key_segment[:, -1:] if key_segment.shape[1] else key_segment
         new_state = {
@@ -380,7 +401,7 @@ class TransformerBackbone(nn.Module):
         empty = inputs.new_zeros(b, self.n_heads, 0, self.d_head)
         for block in self.blocks:
             h, _, _ = block(h, empty, empty, allowed)
-        y = self.final_norm(h)[:, past_len:]
+        y = h[:, past_len:]
         last_segment = segment[:, -1:] if segment.shape[1] else segment
         new_state = {"x": inputs, "valid": valid & (segment == last_segment)}
         return y, self._trim(new_state)
