@@ -20,8 +20,8 @@ from aaren_rl.data.trajectories import TrajectoryDataset, _check_finite, validat
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
 LAYOUT_HINT = (
-    "a D4RL-layout HDF5 file holds the datasets observations [N, obs_dim], actions [N, act_dim], "
-    "rewards [N], terminals [N] and timeouts [N]"
+    "the D4RL layout: datasets observations [N, obs_dim], actions [N, act_dim], rewards [N], "
+    "terminals [N] and timeouts [N]"
 )
 
 
