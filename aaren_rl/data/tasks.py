@@ -180,8 +180,9 @@ def _references(
                 raise _fail(path, key, f"has several tables ({', '.join(table)}) but no `use:`")
             use = next(iter(table))
     else:
+        pair = _pair(value, path, key)
         use = choose or _string(raw, path, "reference_source")
-        table = {use: _pair(value, path, key)}
+        table = {use: pair}
     if use not in table:
         raise _fail(path, key, f"has no table {use!r} (it has: {', '.join(table)})")
     return table[use], str(use), table
