@@ -257,6 +257,27 @@ def test_chunked_forward_equals_one_forward(window: int | None) -> None:
     torch.testing.assert_close(chunked[mask], whole[mask], **F64)
 
 
+def test_fused_causal_path_equals_masked_path() -> None:
+    """Without padding or resets SDPA runs unmasked (is_causal / bottom-right causal mask); a
+    reset at t=0 changes nothing but forces the explicit mask: both give the same outputs."""
+    net = make(window=None, n_layers=2)
+    x = randn(2, 12, 16)
+    fused, _ = net(x)
+    start = torch.zeros(2, 12, dtype=torch.bool)
+    start[:, 0] = True
+    masked, _ = net(x, resets=start)
+    torch.testing.assert_close(fused, masked, **F64)
+    y1, state = net(x[:, :5])
+    y2, _ = net(x[:, 5:], state)  # a cache and several queries: the bottom-right causal mask
+    torch.testing.assert_close(torch.cat([y1, y2], 1), fused, **F64)
+    y2m, _ = net(
+        x[:, 5:],
+        state,
+        mask=torch.ones(2, 7, dtype=torch.bool).index_fill(1, torch.tensor([6]), False),
+    )
+    torch.testing.assert_close(y2m[:, :6], fused[:, 5:11], **F64)
+
+
 def test_chunked_gradients_equal_one_forward() -> None:
     net = make(window=None)
     x = randn(2, 10, 16).requires_grad_(True)

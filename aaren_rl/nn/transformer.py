@@ -86,7 +86,9 @@ class CausalSelfAttention(nn.Module):
 
     ``forward(x [batch, T, d_model], past_k, past_v [batch, heads, L, d_head], allowed
     [batch, T, L+T] bool) -> (y [batch, T, d_model], k, v [batch, heads, L+T, d_head])``.
-    A query with no allowed key (a padding slot) outputs zeros, never NaN.
+    A query with no allowed key (a padding slot) outputs zeros, never NaN. ``allowed=None``
+    means plain causal attention (every key up to the query's own position), which lets
+    ``scaled_dot_product_attention`` use its fused kernels instead of reading a mask.
     """
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
@@ -111,19 +113,28 @@ class CausalSelfAttention(nn.Module):
         x: torch.Tensor,
         past_k: torch.Tensor,
         past_v: torch.Tensor,
-        allowed: torch.Tensor,
+        allowed: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, t, _ = x.shape
         q, k_new, v_new = self.project_kv(x)
         k = torch.cat([past_k, k_new], dim=2)
         v = torch.cat([past_v, v_new], dim=2)
-        any_key = allowed.any(dim=-1, keepdim=True)  # [B, T, 1]
-        # A fully masked row would give NaN; let it see every key, then zero its output.
-        safe = (allowed | ~any_key)[:, None]  # [B, 1, T, L+T]
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=safe, dropout_p=self.dropout if self.training else 0.0
-        )
-        y = y * any_key[:, None].to(y.dtype)
+        p = self.dropout if self.training else 0.0
+        if allowed is None:  # plain causal attention over every key: let SDPA pick its kernel
+            if t == 1:
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+            elif past_k.shape[2] == 0:
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+            else:  # is_causal aligns top-left; with a cache the diagonal sits bottom-right
+                n = k.shape[2]
+                causal = torch.ones(t, n, dtype=torch.bool, device=x.device).tril(n - t)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal, dropout_p=p)
+        else:
+            any_key = allowed.any(dim=-1, keepdim=True)  # [B, T, 1]
+            # A fully masked row would give NaN; let it see every key, then zero its output.
+            safe = (allowed | ~any_key)[:, None]  # [B, 1, T, L+T]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=safe, dropout_p=p)
+            y = y * any_key[:, None].to(y.dtype)
         y = y.transpose(1, 2).reshape(b, t, self.d_model)
         return self.out(y), k, v
 
@@ -170,7 +181,7 @@ class TransformerBlock(nn.Module):
         x: torch.Tensor,
         past_k: torch.Tensor,
         past_v: torch.Tensor,
-        allowed: torch.Tensor,
+        allowed: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``x [batch, T, d_model] -> (y [batch, T, d_model], k, v [batch, heads, L+T, d_head])``."""
         if self.norm_first:
@@ -306,6 +317,21 @@ class TransformerBackbone(nn.Module):
         return new
 
     # ----------------------------------------------------------------------------- compute
+    def _allowed(
+        self, key_valid: torch.Tensor, key_segment: torch.Tensor, query_segment: torch.Tensor
+    ) -> torch.Tensor | None:
+        """The attention mask, or None when it would be plain causal attention (no padding,
+        no reset, window wider than the keys), so that SDPA may use a fused kernel."""
+        n_keys = key_valid.shape[1]
+        plain = (
+            (self.window is None or n_keys <= self.window)
+            and bool(key_valid.all())
+            and bool((key_segment == 0).all())
+        )
+        if plain:
+            return None
+        return attention_mask(key_valid, key_segment, query_segment, self.window)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -366,7 +392,7 @@ class TransformerBackbone(nn.Module):
         past_segment = torch.zeros(b, past_len, dtype=torch.long, device=x.device)
         key_segment = torch.cat([past_segment, query_segment], dim=1)
         key_valid = torch.cat([state["valid"], mask], dim=1)
-        allowed = attention_mask(key_valid, key_segment, query_segment, self.window)
+        allowed = self._allowed(key_valid, key_segment, query_segment)
         ks, vs = [], []
         h = x
         for i, block in enumerate(self.blocks):
@@ -396,7 +422,7 @@ class TransformerBackbone(nn.Module):
         segment = torch.cat([past_segment, query_segment], dim=1)
         valid = torch.cat([state["valid"], mask], dim=1)
         inputs = torch.cat([state["x"].to(x.dtype), x], dim=1)
-        allowed = attention_mask(valid, segment, segment, self.window)
+        allowed = self._allowed(valid, segment, segment)
         h = inputs
         empty = inputs.new_zeros(b, self.n_heads, 0, self.d_head)
         for block in self.blocks:
