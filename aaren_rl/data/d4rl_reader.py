@@ -88,12 +88,14 @@ def _dataset(f: h5py.File, path: Path, key: str) -> np.ndarray:
     return obj[()]
 
 
-def read_d4rl_hdf5(path_or_name: str | Path) -> dict[str, np.ndarray]:
+def read_d4rl_hdf5(path_or_name: str | Path, extras: bool = True) -> dict[str, np.ndarray]:
     """Read and validate a D4RL-layout HDF5 file.
 
     Args:
         path_or_name: a file path, ``builtin:NAME``, or a dataset name (see
             :func:`aaren_rl.data.paths.resolve_dataset_path`).
+        extras: also read ``next_observations``, ``infos/*`` and ``metadata/*`` (False reads
+            only the five arrays that make episodes, which saves memory).
 
     Returns:
         ``observations [N, obs_dim] float32``, ``actions [N, act_dim] float32``,
@@ -117,6 +119,8 @@ def read_d4rl_hdf5(path_or_name: str | Path) -> dict[str, np.ndarray]:
             timeouts,
             source=str(path),
         )
+        if not extras:
+            return out
         n = out["rewards"].shape[0]
         if "next_observations" in f:
             nxt = np.asarray(_dataset(f, path, "next_observations"))
@@ -213,8 +217,8 @@ def load_d4rl(
     Returns:
         A :class:`TrajectoryDataset` whose ``source`` is the resolved file path.
     """
-    arrays = read_d4rl_hdf5(path_or_name)
     path = str(resolve_dataset_path(path_or_name))
+    arrays = read_d4rl_hdf5(path, extras=False)
     dataset = TrajectoryDataset.from_arrays(
         arrays["observations"],
         arrays["actions"],

@@ -95,13 +95,14 @@ class _Sampler:
     def __init__(self, dataset: TrajectoryDataset, seed: int | None) -> None:
         self.dataset = dataset
         self.rng = np.random.default_rng(seed)
-        lengths = dataset.episode_lengths.astype(np.float64)
-        self._episode_p = lengths / lengths.sum()
+        # P(episode i) = T_i / N: the episode holding a uniformly drawn transition.
+        self._episode_ends = np.cumsum(dataset.episode_lengths)
 
     def _episodes(self, batch_size: int) -> np.ndarray:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        return self.rng.choice(self.dataset.num_episodes, size=batch_size, p=self._episode_p)
+        rows = self.rng.integers(0, int(self._episode_ends[-1]), size=batch_size)
+        return np.searchsorted(self._episode_ends, rows, side="right")
 
     def state_dict(self) -> dict[str, Any]:
         """The generator's state, to save in a checkpoint."""
