@@ -1,0 +1,233 @@
+"""Vector-env rollout: per-env memory, autoreset, return bookkeeping, against independent checks.
+
+The environment is real Hopper-v5 under a time limit that depends on the seed it was reset with
+(14, 26 or 38 steps), so in a vector rollout (env i seeded with i) the environments end their
+episodes at different steps for sure; untrained models may also fall (terminate) earlier.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from aaren_rl.agents.decision_model import DecisionModel, build_decision_model
+from aaren_rl.agents.rollout import evaluate_agent
+
+ENV = "aaren-rl-test/HopperSeedLimit-v0"
+OBS_DIM, ACT_DIM = 11, 3
+TARGET = 3600.0
+LIMIT = 200  # the outer time limit (the seed-dependent one is tighter)
+
+
+class SeedTimeLimit(gym.Wrapper):
+    """Truncates episodes after 14 + 12 * (seed % 3) steps; the limit is set by reset(seed)."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.limit, self.t = 14, 0
+
+    def reset(self, *, seed=None, options=None):
+        if seed is not None:
+            self.limit = 14 + 12 * (seed % 3)
+        self.t = 0
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.t += 1
+        return obs, reward, terminated, truncated or self.t >= self.limit, info
+
+
+def _make_env(**kwargs) -> gym.Env:
+    return SeedTimeLimit(gym.make("Hopper-v5", **kwargs))
+
+
+if ENV not in gym.registry:
+    gym.register(ENV, entry_point=_make_env)
+SMALL = {"d_model": 32, "n_layers": 2, "n_heads": 2, "context": 5, "dropout": 0.1}
+BACKBONES = {
+    "aaren": {"backbone": "aaren"},
+    "transformer-kv-full": {
+        "backbone": "transformer",
+        "step_mode": "kv_cache",
+        "full_attention": True,
+    },
+    "transformer-recompute": {"backbone": "transformer", "step_mode": "recompute"},
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_model(seed: int = 0, **overrides) -> DecisionModel:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    return build_decision_model(
+        {**SMALL, **overrides},
+        OBS_DIM,
+        ACT_DIM,
+        state_mean=rng.normal(scale=0.1, size=OBS_DIM),
+        state_std=rng.uniform(0.5, 2.0, size=OBS_DIM),
+        reward_scale=1e-3,
+    )
+
+
+def rollout(model, **kw):
+    args = {"n_episodes": 6, "n_envs": 3, "seed": 0, "max_episode_steps": LIMIT, "record": True}
+    return evaluate_agent(model, ENV, TARGET, **{**args, **kw})
+
+
+@pytest.fixture(scope="module")
+def aaren_run():
+    torch.set_num_threads(1)
+    model = make_model(seed=1, **BACKBONES["aaren"])  # this one falls after about 20 steps
+    return model, rollout(model)
+
+
+def test_environments_end_episodes_at_different_steps(aaren_run):
+    _, result = aaren_run
+    assert result.episode_env.tolist() == [0, 0, 1, 1, 2, 2]
+    ends = [np.cumsum(result.lengths[result.episode_env == i]).tolist() for i in range(3)]
+    assert len({tuple(e) for e in ends}) > 1, ends  # the envs' episode boundaries differ
+    assert any(e.truncated for e in result.episodes)
+    assert any(e.terminated for e in result.episodes)
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_each_vector_env_acts_as_if_alone(name):
+    model = make_model(**BACKBONES[name])
+    together = rollout(model)
+    assert len(set(together.lengths.tolist())) > 1
+    for i in range(3):
+        alone = rollout(model, n_episodes=2, n_envs=1, seed=i)
+        mine = [e for e in together.episodes if e.env_index == i]
+        assert [len(e.rewards) for e in mine] == [len(e.rewards) for e in alone.episodes]
+        for a, b in zip(mine, alone.episodes, strict=True):
+            np.testing.assert_allclose(a.actions, b.actions, rtol=0, atol=1e-5)
+            np.testing.assert_allclose(a.observations, b.observations, rtol=0, atol=1e-4)
+        np.testing.assert_allclose(
+            together.returns[together.episode_env == i], alone.returns, rtol=0, atol=1e-5
+        )
+
+
+def test_same_step_autoreset_gives_the_same_episodes(aaren_run):
+    model, next_step = aaren_run
+    same_step = rollout(model, autoreset_mode="SameStep")
+    np.testing.assert_array_equal(same_step.lengths, next_step.lengths)
+    np.testing.assert_allclose(same_step.returns, next_step.returns, rtol=0, atol=1e-9)
+    for a, b in zip(same_step.episodes, next_step.episodes, strict=True):
+        np.testing.assert_allclose(a.actions, b.actions, rtol=0, atol=0)
+
+
+def test_recorded_episodes_replay_in_a_plain_env(aaren_run):
+    """Independent check: the recorded actions, replayed in a fresh env with the same seed,
+    give the recorded observations and rewards, episode after episode (the second episode
+    starts from the env's own reset, which is what NEXT_STEP autoreset must have fed)."""
+    _, result = aaren_run
+    for i in range(3):
+        env = SeedTimeLimit(gym.make("Hopper-v5", max_episode_steps=LIMIT))  # built by hand
+        obs, _ = env.reset(seed=i)
+        for k, ep in enumerate(e for e in result.episodes if e.env_index == i):
+            if k:
+                obs, _ = env.reset()
+            for t in range(len(ep.rewards)):
+                np.testing.assert_allclose(ep.observations[t], obs, rtol=0, atol=1e-12)
+                obs, reward, terminated, truncated, _ = env.step(ep.actions[t])
+                assert ep.rewards[t] == reward
+            assert (terminated, truncated) == (ep.terminated, ep.truncated)
+        env.close()
+
+
+def test_return_bookkeeping_by_hand(aaren_run):
+    _, result = aaren_run
+    for ret, n, ep in zip(result.returns, result.lengths, result.episodes, strict=True):
+        assert n == len(ep.rewards)
+        assert ret == pytest.approx(float(np.sum(ep.rewards)), abs=1e-9)
+        # return-to-go fed at t = target - rewards already received in THIS episode
+        expected_rtg = TARGET - np.concatenate([[0.0], np.cumsum(ep.rewards)[:-1]])
+        np.testing.assert_allclose(ep.returns_to_go, expected_rtg, rtol=0, atol=1e-9)
+        np.testing.assert_array_equal(ep.timesteps, np.arange(n))
+    assert result.mean_return == pytest.approx(float(np.mean(result.returns)))
+    assert result.std_return == pytest.approx(float(np.std(result.returns)))
+
+
+def test_closed_loop_actions_equal_parallel_forward_on_the_rollout(aaren_run):
+    """The actions the rollout took are what the parallel forward predicts on its record."""
+    model, result = aaren_run
+    model.eval()
+    for ep in result.episodes:
+        with torch.inference_mode():
+            pred, _ = model(
+                torch.as_tensor(ep.observations, dtype=torch.float32)[None],
+                torch.as_tensor(ep.actions)[None],
+                torch.as_tensor(ep.returns_to_go, dtype=torch.float32)[None],
+                torch.as_tensor(ep.timesteps)[None],
+            )
+        np.testing.assert_allclose(pred[0].numpy(), ep.actions, rtol=0, atol=1e-5)
+
+
+def test_state_bytes_per_env_constant_for_aaren_and_growing_for_a_kv_cache(aaren_run):
+    _, result = aaren_run
+    d_head = SMALL["d_model"] // SMALL["n_heads"]
+    per_env = SMALL["n_layers"] * SMALL["n_heads"] * (d_head + 2) * 4
+    assert result.state_bytes_per_env_first == result.state_bytes_per_env_last == per_env
+    assert result.state_bytes_per_env_max == per_env
+    kv = rollout(make_model(**BACKBONES["transformer-kv-full"]), n_episodes=1, n_envs=1)
+    assert kv.state_bytes_per_env_max > 10 * kv.state_bytes_per_env_first
+    assert result.step_latency_ms > 0 and result.env_step_latency_ms > 0
+    assert len(result.latency_ms_by_step) >= max(result.lengths)
+
+
+def test_episodes_are_shared_out_like_sb3_and_n_envs_is_capped():
+    model = make_model()
+    result = rollout(model, n_episodes=5, n_envs=3, record=False)
+    assert result.episode_env.tolist() == [0, 1, 1, 2, 2]  # (5 + i) // 3 episodes for env i
+    assert result.episodes is None
+    capped = rollout(model, n_episodes=2, n_envs=4, record=False)
+    assert capped.n_envs == 2 and capped.episode_env.tolist() == [0, 1]
+
+
+def test_model_mode_and_weights_are_left_as_they_were():
+    model = make_model().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rollout(model, n_episodes=1, n_envs=1)
+    assert model.training
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+
+
+def test_dropout_off_during_rollout():
+    model = make_model(dropout=0.5).train()
+    a = rollout(model, n_episodes=1, n_envs=1)
+    b = rollout(model, n_episodes=1, n_envs=1)
+    np.testing.assert_array_equal(a.episodes[0].actions, b.episodes[0].actions)
+
+
+def test_observation_shape_mismatch_names_env_expected_and_got():
+    model = build_decision_model(SMALL, 17, ACT_DIM)
+    with pytest.raises(
+        ValueError, match=r"Hopper-v5 gives observations .*\(11,\).*expects shape \(17,\)"
+    ):
+        evaluate_agent(model, "Hopper-v5", TARGET, n_episodes=1)
+    model = build_decision_model(SMALL, OBS_DIM, 6)
+    with pytest.raises(
+        ValueError, match=r"Hopper-v5 takes actions .*\(3,\).*predicts shape \(6,\)"
+    ):
+        evaluate_agent(model, "Hopper-v5", TARGET, n_episodes=1)
+
+
+def test_bad_arguments_are_clear_errors():
+    model = make_model()
+    with pytest.raises(ValueError, match="n_episodes must be >= 1"):
+        evaluate_agent(model, ENV, TARGET, n_episodes=0)
+    with pytest.raises(ValueError, match="autoreset_mode 'Disabled' is not supported"):
+        evaluate_agent(model, ENV, TARGET, n_episodes=1, autoreset_mode="Disabled")
+    with pytest.raises(TypeError, match="needs a DecisionModel"):
+        evaluate_agent(torch.nn.Linear(2, 2), ENV, TARGET, n_episodes=1)
