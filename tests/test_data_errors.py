@@ -63,8 +63,13 @@ def test_nan_in_next_observations(tmp_path):
     arrays = hand_example()
     nxt = arrays["observations"].copy()
     nxt[6, 0] = np.inf
-    message = _error(tmp_path / "nan_next.hdf5", next_observations=nxt, **arrays)
-    assert "'next_observations'" in message and "row 6" in message
+    path = write_d4rl(tmp_path / "nan_next.hdf5", next_observations=nxt, **arrays)
+    with pytest.raises(DatasetError) as err:
+        read_d4rl_hdf5(path)
+    message = str(err.value)
+    assert str(path) in message and "'next_observations'" in message and "row 6" in message
+    # load_d4rl reads only the arrays episodes are made of, so the file still loads
+    assert load_d4rl(path).num_transitions == 7
 
 
 def test_empty_dataset(tmp_path):
