@@ -154,3 +154,12 @@ def test_full_mode_refuses_episodes_longer_than_max_len():
     assert "hand" in message and "3 steps" in message and "max_len=2" in message
     assert "mode='prefix'" in message
     assert PrefixSampler(ds, max_len=3, mode="full").sample(4).mask.shape[1] == 3
+
+
+def test_episodes_of_different_sizes():
+    ds = TrajectoryDataset.from_arrays(**hand_example())
+    other = TrajectoryDataset.from_arrays(
+        np.zeros((2, 5)), np.zeros((2, 2)), np.zeros(2), np.array([0, 1]), source="other"
+    )
+    with pytest.raises(DatasetError, match="mixed: key 'observations'.*different shapes"):
+        TrajectoryDataset(ds.episodes + other.episodes, source="mixed")

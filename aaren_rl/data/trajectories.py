@@ -252,6 +252,16 @@ class TrajectoryDataset:
         """Gather episodes (copied into flat arrays). See :meth:`from_arrays` for raw transitions."""
         if not episodes:
             raise DatasetError.about(source, None, "holds no episodes", "at least one episode")
+        for key in ("observations", "actions"):
+            dims = {np.shape(getattr(e, key))[1:] for e in episodes}
+            if len(dims) > 1:
+                raise DatasetError.about(
+                    source,
+                    key,
+                    f"episodes have different shapes per step: {sorted(dims)}",
+                    "the same vector size in every episode",
+                    "keep episodes of one environment together",
+                )
         lengths = np.array([len(e) for e in episodes], dtype=np.int64)
         flat = validate_transitions(
             np.concatenate([e.observations for e in episodes]),
