@@ -317,3 +317,58 @@ def _to_record(buf: dict[str, list], env_index: int, terminated: bool, truncated
         terminated=terminated,
         truncated=truncated,
     )
+
+
+@dataclass
+class StepProfile:
+    """Cost of the model's rollout step against the timestep t = 1 .. n_steps.
+
+    ``latency_ms[t - 1]``: wall-clock time of act + observe_action at step t for all rows;
+    ``state_bytes_per_env[t - 1]``: ``state_nbytes(state) / n_envs`` after step t.
+    """
+
+    latency_ms: np.ndarray
+    state_bytes_per_env: np.ndarray
+
+    def at(self, t: int, window: int = 10) -> tuple[float, int]:
+        """(median latency over the ``window`` steps ending at t, state bytes after step t)."""
+        lo = max(0, t - window)
+        return float(np.median(self.latency_ms[lo:t])), int(self.state_bytes_per_env[t - 1])
+
+
+def profile_steps(
+    model: torch.nn.Module,
+    n_steps: int = 1000,
+    n_envs: int = 1,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+) -> StepProfile:
+    """Step the model ``n_steps`` times on random inputs (no environment) and time each step.
+
+    Shows how time and memory per step behave over a long episode: flat for Aaren, growing
+    for a full-attention KV cache, bounded by the window for Decision Transformer's recompute.
+    """
+    net = _unwrap(model)
+    if device is not None:
+        net.to(device)
+    device = next(net.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.randn(n_steps, n_envs, net.obs_dim, generator=g).to(device)
+    was_training = net.training
+    net.eval()
+    latency, nbytes = [], []
+    try:
+        with torch.inference_mode():
+            state = net.initial_state(n_envs, device=device)
+            rtg = torch.zeros(n_envs, device=device)
+            for t in range(n_steps):
+                ts = torch.full((n_envs,), t, dtype=torch.long, device=device)
+                t0 = time.perf_counter()
+                action, state = net.act(obs[t], rtg, ts, state)
+                state = net.observe_action(action, ts, state)
+                action.cpu()
+                latency.append((time.perf_counter() - t0) * 1e3)
+                nbytes.append(round(state_nbytes(state) / n_envs))
+    finally:
+        net.train(was_training)
+    return StepProfile(np.asarray(latency), np.asarray(nbytes, dtype=np.int64))
