@@ -356,7 +356,7 @@ class DecisionModel(nn.Module):
         observation: torch.Tensor,
         return_to_go: torch.Tensor,
         timestep: torch.Tensor,
-        state: State,
+        state: State | None,
     ) -> tuple[torch.Tensor, State]:
         """Feed R_t and s_t of one step per row and predict a_t.
 
@@ -364,7 +364,7 @@ class DecisionModel(nn.Module):
             observation: ``[batch, obs_dim]`` raw observation.
             return_to_go: ``[batch]`` unscaled return-to-go.
             timestep: ``[batch]`` integer timestep (clamped at ``max_timestep - 1``).
-            state: the rows' memory.
+            state: the rows' memory (None: a fresh episode for every row).
 
         Returns:
             ``(action [batch, act_dim], state)``. Call ``observe_action`` with the action that
@@ -381,6 +381,8 @@ class DecisionModel(nn.Module):
         if tuple(return_to_go.shape) != (b,):
             raise ValueError(f"return_to_go has shape {tuple(return_to_go.shape)}; expected ({b},)")
         t_emb = self._step_timestep(timestep, b)
+        if state is None:
+            state = self.initial_state(b)
         _, state = self.backbone.step(self._return_token(return_to_go, t_emb), state)
         y, state = self.backbone.step(self._state_token(observation, t_emb), state)
         return self._predict_action(y), state

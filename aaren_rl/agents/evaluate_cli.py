@@ -1,0 +1,190 @@
+"""``aaren-rl evaluate CHECKPOINT``: roll a trained decision agent out in vector environments.
+
+It rebuilds the model from the checkpoint alone (no dataset needed), plays ``--episodes``
+episodes in ``--envs`` environments side by side for each target return (the task's, or
+``--target-return``), and prints the return, the normalised score, the model's time per step
+and the memory per environment. ``--json`` also writes the numbers to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "checkpoint", help="checkpoint.pt written by `aaren-rl train` (or its folder)"
+    )
+    parser.add_argument("--episodes", type=int, default=10, help="episodes per target (10)")
+    parser.add_argument("--envs", type=int, default=1, help="environments stepped together (1)")
+    parser.add_argument(
+        "--target-return",
+        type=float,
+        action="append",
+        dest="target_returns",
+        metavar="R",
+        help="return to condition on, unscaled; repeat for several (default: the task's)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="env i is seeded with seed + i (0)")
+    parser.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)"
+    )
+    parser.add_argument(
+        "--max-episode-steps",
+        type=int,
+        default=None,
+        help="time limit per episode (default: the task's)",
+    )
+    parser.add_argument(
+        "--autoreset-mode",
+        choices=("NextStep", "SameStep"),
+        default="NextStep",
+        help="Gymnasium vector autoreset mode (both give the same episodes)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing --json file")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def normalized(returns: np.ndarray, task: dict[str, Any]) -> np.ndarray | None:
+    """D4RL-style ``100 (return - random) / (expert - random)`` with the task's references."""
+    refs = task.get("reference_scores")
+    if isinstance(refs, dict):  # a raw table {"name": [lo, hi], "use": name}
+        refs = refs.get(refs.get("use") or task.get("reference_source"))
+    if refs is None or len(refs) != 2 or float(refs[1]) == float(refs[0]):
+        return None
+    low, high = float(refs[0]), float(refs[1])
+    return 100.0 * (np.asarray(returns, dtype=np.float64) - low) / (high - low)
+
+
+def write_json_atomic(path: Path, payload: Any, force: bool) -> None:
+    """Write JSON to ``path`` through a temp file in the same folder; never clobber unasked."""
+    if path.exists() and not force:
+        raise FileExistsError(f"{path}: already exists; pass --force to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle, indent=2)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _fmt_bytes(n: int) -> str:
+    return f"{n} B" if n < 10_000 else f"{n / 1024:.1f} KiB"
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from aaren_rl.agents.checkpoint import CheckpointError, load_agent
+    from aaren_rl.agents.rollout import evaluate_agent
+
+    if args.episodes < 1 or args.envs < 1:
+        print("error: --episodes and --envs must be >= 1", file=sys.stderr)
+        return 2
+    if args.json is not None and args.json.exists() and not args.force:
+        print(f"error: {args.json}: already exists; pass --force to overwrite it", file=sys.stderr)
+        return 2
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        model, info = load_agent(args.checkpoint, device=device)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    task = info.get("task") or {}
+    env_id = task.get("env_id")
+    if not env_id:
+        print(f"error: {args.checkpoint}: the checkpoint's task has no env_id", file=sys.stderr)
+        return 2
+    targets = args.target_returns or list(task.get("target_returns") or [])
+    if not targets:
+        print(
+            f"error: {args.checkpoint}: the task gives no target_returns; pass --target-return",
+            file=sys.stderr,
+        )
+        return 2
+    max_steps = args.max_episode_steps or task.get("max_episode_steps")
+    cfg = info.get("model_config") or {}
+    print(
+        f"{info.get('path')}: {cfg.get('backbone')} agent, step {info.get('step')}, "
+        f"task {task.get('name')} ({env_id}), {args.episodes} episodes x {args.envs} envs, "
+        f"device {device}"
+    )
+
+    rows = []
+    try:
+        for target in targets:
+            res = evaluate_agent(
+                model,
+                env_id,
+                target_return=float(target),
+                n_episodes=args.episodes,
+                n_envs=args.envs,
+                seed=args.seed,
+                device=device,
+                max_episode_steps=max_steps,
+                autoreset_mode=args.autoreset_mode,
+                progress=not args.no_progress,
+            )
+            row = res.summary()
+            scores = normalized(res.returns, task)
+            row["normalized_mean"] = None if scores is None else float(scores.mean())
+            row["normalized_std"] = None if scores is None else float(scores.std())
+            rows.append(row)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    header = (
+        f"{'target':>8} {'return':>19} {'normalised':>15} {'length':>7} "
+        f"{'model ms/step':>13} {'env ms/step':>11} {'state/env t=1 -> end':>22}"
+    )
+    print(header)
+    for row in rows:
+        norm = (
+            "n/a"
+            if row["normalized_mean"] is None
+            else f"{row['normalized_mean']:.1f} ± {row['normalized_std']:.1f}"
+        )
+        state = (
+            f"{_fmt_bytes(row['state_bytes_per_env_first'])} -> "
+            f"{_fmt_bytes(row['state_bytes_per_env_last'])}"
+        )
+        print(
+            f"{row['target_return']:>8.0f} "
+            f"{row['mean_return']:>9.1f} ± {row['std_return']:<7.1f} {norm:>15} "
+            f"{np.mean(row['lengths']):>7.1f} {row['step_latency_ms']:>13.3f} "
+            f"{row['env_step_latency_ms']:>11.3f} {state:>22}"
+        )
+    if args.json is not None:
+        payload = {
+            "checkpoint": info.get("path"),
+            "step": info.get("step"),
+            "task": task.get("name"),
+            "env_id": env_id,
+            "model_config": cfg,
+            "device": str(device),
+            "seed": args.seed,
+            "results": rows,
+        }
+        write_json_atomic(args.json, payload, force=args.force)
+        print(f"wrote {args.json}")
+    return 0
