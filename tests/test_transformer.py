@@ -325,3 +325,34 @@ def test_bad_inputs_say_what_is_wrong() -> None:
         net(x, net.initial_state(3))
     with pytest.raises(ValueError, match="divisible"):
         TransformerBackbone(10, 1, 3)
+
+
+# ----------------------------------------------------------------- the benchmark's instruments
+def test_bench_peak_memory_sees_exactly_the_tensors_allocated() -> None:
+    """The CPU peak (profiler allocation events) of a known sequence of allocations."""
+    from aaren_rl.bench import peak_memory_bytes
+
+    def allocate() -> None:
+        a = torch.empty(1_000_000, dtype=torch.float32)  # 4,000,000 bytes
+        b = torch.empty(125_000, dtype=torch.float64)  # + 1,000,000: the peak, 5,000,000
+        del a
+        c = torch.empty(500_000, dtype=torch.float32)  # 3,000,000 held
+        del b, c
+
+    peak = peak_memory_bytes(allocate, torch.device("cpu"))
+    assert 5_000_000 <= peak <= 5_000_000 + 4096
+
+
+def test_bench_growth_exponent_and_table() -> None:
+    from aaren_rl.bench import format_table, growth_exponent
+
+    xs = [256.0, 512.0, 1024.0, 4096.0]
+    assert growth_exponent(xs, [3.0 * x**2 for x in xs]) == pytest.approx(2.0)
+    assert growth_exponent(xs, [7.0 * x for x in xs]) == pytest.approx(1.0)
+    assert growth_exponent(xs, [5.0] * 4) == pytest.approx(0.0)
+    assert format_table(["T", "ms"], [["256", "1.5"], ["8192", "120.0"]]).splitlines() == [
+        "T        ms",
+        "----  -----",
+        "256     1.5",
+        "8192  120.0",
+    ]
