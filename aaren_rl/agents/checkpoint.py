@@ -1,0 +1,209 @@
+"""Training checkpoints: written atomically, read back with clear errors, turned into an agent.
+
+A checkpoint is one ``torch.save`` file holding everything needed to continue a run exactly
+(model, optimiser, scheduler, step, the random-number state of every process and sampler) and
+everything needed to act without the dataset (``obs_dim``, ``act_dim``, the model config; the
+state mean/std and reward scale live in the model's buffers). It is read with
+``weights_only=True``, so loading a file never runs code from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import aaren_rl
+
+FORMAT = "aaren-rl-checkpoint"
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("format", "version", "step", "model_state", "obs_dim", "act_dim", "model_config")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that is missing, unreadable or not ours (the message names the file)."""
+
+
+def new_run_id() -> str:
+    """A fresh identifier for a training run (stored in its checkpoints)."""
+    return uuid.uuid4().hex
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The bare module inside a DistributedDataParallel (or DataParallel) wrapper."""
+    return (
+        model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+    )
+
+
+def _model_config_dict(model: nn.Module, agent_config: dict[str, Any]) -> dict[str, Any]:
+    config = getattr(model, "config", None)
+    if config is not None and dataclasses.is_dataclass(config):
+        return dataclasses.asdict(config)
+    if isinstance(agent_config.get("model"), dict):
+        return dict(agent_config["model"])
+    raise ValueError(
+        "save_checkpoint: the model has no dataclass `config` and agent_config has no 'model' "
+        "mapping; cannot record how to rebuild the model"
+    )
+
+
+def _model_dims(model: nn.Module) -> tuple[int, int]:
+    try:
+        return int(model.obs_dim), int(model.act_dim)
+    except AttributeError as exc:
+        raise ValueError(
+            f"save_checkpoint: {type(model).__name__} has no obs_dim/act_dim attributes; "
+            "checkpoints need them to rebuild the model without the dataset"
+        ) from exc
+
+
+def existing_run_id(path: str | os.PathLike[str]) -> str | None:
+    """The run id stored in an existing checkpoint file (None if the file holds none)."""
+    return load_checkpoint(path).get("run_id")
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: Any | None,
+    step: int,
+    agent_config: dict[str, Any],
+    train_config: dict[str, Any],
+    task: dict[str, Any],
+    rng_state: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+    run_id: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a checkpoint atomically (temp file in the same folder, then ``os.replace``).
+
+    An existing file at ``path`` is replaced only if it belongs to the same run (same
+    ``run_id``) or ``overwrite=True``; otherwise a :class:`CheckpointError` says so, so a new
+    run never silently destroys another run's checkpoint. ``rng_state``, ``extra`` and the
+    configs must hold only tensors, numbers, strings, None, lists, tuples and dicts.
+    """
+    path = Path(path)
+    bare = unwrap_model(model)
+    if path.exists() and not overwrite:
+        try:
+            previous = existing_run_id(path)
+        except CheckpointError:
+            previous = None
+        if run_id is None or previous != run_id:
+            raise CheckpointError(
+                f"{path}: a checkpoint of another run is already there "
+                f"(its run id {previous!r}, this run {run_id!r}); resume that run, choose "
+                "another output folder, or pass overwrite=True to replace it"
+            )
+    obs_dim, act_dim = _model_dims(bare)
+    payload = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "library_version": aaren_rl.__version__,
+        "torch_version": str(torch.__version__),
+        "run_id": run_id,
+        "step": int(step),
+        "obs_dim": obs_dim,
+        "act_dim": act_dim,
+        "model_config": _model_config_dict(bare, agent_config),
+        "model_state": {k: v.detach().cpu() for k, v in bare.state_dict().items()},
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "agent_config": agent_config,
+        "train_config": train_config,
+        "task": task,
+        "rng_state": rng_state,
+        "extra": extra or {},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (tensors mapped to ``map_location``).
+
+    A missing path, a file that is not a torch file, or a torch file that is not an aaren-rl
+    checkpoint raises :class:`CheckpointError` naming the file and what was expected.
+    """
+    path = Path(path)
+    if path.is_dir() and (path / "checkpoint.pt").is_file():
+        path = path / "checkpoint.pt"
+    if not path.exists():
+        raise CheckpointError(
+            f"{path}: no such checkpoint; pass the checkpoint.pt written by `aaren-rl train` "
+            "(or its output folder)"
+        )
+    if not path.is_file():
+        raise CheckpointError(f"{path}: is a folder without a checkpoint.pt inside")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many kinds for a truncated or foreign file
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc)[:200]}); "
+            "the file is truncated, corrupt or not written by aaren-rl"
+        ) from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path}: a torch file, but not an aaren-rl checkpoint (no format={FORMAT!r} key)"
+        )
+    if data.get("version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {data['version']} is newer than this library "
+            f"reads ({FORMAT_VERSION}); upgrade aaren-rl"
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks the keys {missing}")
+    return data
+
+
+def load_agent(
+    path: str | os.PathLike[str], device: str | torch.device | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the trained decision model from a checkpoint, with no dataset at hand.
+
+    Returns ``(model, info)``: the model in eval mode on ``device`` (default CPU), and a dict
+    with ``task`` (name, env_id, reward_scale, target_returns, reference_scores,
+    max_episode_steps, ...), ``agent_config``, ``train_config``, ``model_config``, ``step``,
+    ``obs_dim``, ``act_dim``, ``run_id`` and ``path``.
+    """
+    from aaren_rl.agents.decision_model import build_decision_model
+
+    data = load_checkpoint(path)
+    state = data["model_state"]
+    obs_dim, act_dim = int(data["obs_dim"]), int(data["act_dim"])
+    try:
+        model = build_decision_model(data["model_config"], obs_dim, act_dim)
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(
+            f"{path}: the stored model does not fit this library's DecisionModel ({exc})"
+        ) from exc
+    model.to(device if device is not None else "cpu")
+    model.eval()
+    info = {
+        key: data.get(key)
+        for key in ("task", "agent_config", "train_config", "model_config", "step", "run_id")
+    }
+    info.update(obs_dim=obs_dim, act_dim=act_dim, path=str(path), extra=data.get("extra", {}))
+    return model, info

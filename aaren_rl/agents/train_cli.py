@@ -1,0 +1,236 @@
+"""``aaren-rl train``: an agent preset + a task preset -> a trained, checkpointed agent.
+
+    aaren-rl train --agent decision-aaren --task hopper-medium [--steps N] [--seed S]
+                   [--out DIR] [--resume] [--device auto|cpu|cuda] [--protocol cpu]
+                   [--set train.batch_size=32 ...]
+
+Presets are names (``agents/*.yaml``, ``envs/*.yaml``) or paths to your own files. The same
+command runs under ``torchrun --nproc_per_node N`` with DistributedDataParallel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aaren_rl import presets
+from aaren_rl.agents.trainer import (
+    TrainConfig,
+    Trainer,
+    TrainResult,
+    seed_everything,
+    setup_distributed,
+)
+
+AGENT_KEYS = ("name", "description", "model", "train", "protocols")
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    parts = dotted.split(".")
+    if len(parts) != 2 or parts[0] not in ("model", "train"):
+        raise ValueError(
+            f"{source}: override {dotted!r} must look like model.KEY=VALUE or train.KEY=VALUE"
+        )
+    tree.setdefault(parts[0], {})[parts[1]] = value
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["train.steps=100", "model.d_model=64"]`` -> ``{"train.steps": 100, ...}`` (YAML values)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. train.batch_size=32")
+        key, raw = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(raw)
+    return out
+
+
+def resolve_agent(
+    agent: str | os.PathLike[str] | dict[str, Any],
+    protocol: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Read an agent preset and apply a protocol and overrides.
+
+    Returns ``{"name", "source", "protocol", "model": {...}, "train": {...}}`` where ``train``
+    has been checked by :class:`TrainConfig` (unknown keys and bad values are errors naming the
+    file). ``protocol`` picks ``protocols.<name>`` from the file (e.g. ``cpu``): its ``model`` and
+    ``train`` entries replace the top-level ones. ``overrides`` maps ``"train.KEY"`` or
+    ``"model.KEY"`` to a value and is applied last.
+    """
+    if isinstance(agent, dict):
+        data, source = copy.deepcopy(agent), "<agent mapping>"
+        name = str(data.get("name", "custom"))
+    else:
+        raw, path = presets.load("agents", agent)
+        data, source = copy.deepcopy(raw), str(path)
+        name = str(data.get("name", path.stem))
+    unknown = sorted(set(data) - set(AGENT_KEYS))
+    if unknown:
+        raise ValueError(f"{source}: unknown top-level key(s) {unknown}; expected {AGENT_KEYS}")
+    for section in ("model", "train"):
+        if not isinstance(data.get(section, {}), dict):
+            raise ValueError(f"{source}: '{section}' must be a mapping of keys to values")
+    model = dict(data.get("model") or {})
+    train = dict(data.get("train") or {})
+    if protocol:
+        protocols = data.get("protocols") or {}
+        if protocol not in protocols:
+            raise ValueError(
+                f"{source}: no protocol {protocol!r}; the file defines {sorted(protocols) or 'none'}"
+            )
+        chosen = protocols[protocol] or {}
+        bad = sorted(set(chosen) - {"model", "train", "description"})
+        if bad:
+            raise ValueError(f"{source}: protocols.{protocol} has unknown key(s) {bad}")
+        model.update(chosen.get("model") or {})
+        train.update(chosen.get("train") or {})
+    tree = {"model": model, "train": train}
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(tree, dotted, value, source)
+    TrainConfig.from_dict(tree["train"], source=source)  # validate now, with the file's name
+    return {
+        "name": name,
+        "source": source,
+        "protocol": protocol,
+        "model": tree["model"],
+        "train": tree["train"],
+    }
+
+
+def default_out_dir(agent_name: str, task_name: str, seed: int) -> Path:
+    """``runs/<agent>/<task>/seed<seed>``."""
+    return Path("runs") / agent_name / task_name / f"seed{seed}"
+
+
+def run_training(
+    agent: str | os.PathLike[str] | dict[str, Any],
+    task: Any,
+    *,
+    out_dir: str | os.PathLike[str] | None = None,
+    steps: int | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    resume: bool = False,
+    protocol: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    progress: bool = True,
+    stop_at: int | None = None,
+    dataset: Any = None,
+) -> TrainResult:
+    """Train an agent preset on a task (name, path or TaskSpec); returns the TrainResult.
+
+    ``steps`` and ``seed`` override the preset's ``train.steps`` / ``train.seed``. The model is
+    built on the dataset's dimensions and normalisation (state mean/std, the task's reward
+    scale). Works the same under torchrun (rank 0 writes ``out_dir``).
+    """
+    from aaren_rl.agents.decision_model import build_decision_model
+    from aaren_rl.data.tasks import load_task
+
+    ctx = setup_distributed(device)
+    extra = dict(overrides or {})
+    if steps is not None:
+        extra["train.steps"] = int(steps)
+    if seed is not None:
+        extra["train.seed"] = int(seed)
+    preset = resolve_agent(agent, protocol=protocol, overrides=extra)
+    spec = load_task(task) if isinstance(task, (str, os.PathLike)) else task
+    train_cfg = TrainConfig.from_dict(preset["train"], source=preset["source"])
+    if out_dir is None:
+        out_dir = default_out_dir(preset["name"], spec.name, train_cfg.seed)
+    out_dir = Path(out_dir)
+    if dataset is None:
+        dataset = spec.load_dataset()
+    seed_everything(train_cfg.seed)  # identical initial weights on every rank
+    model = build_decision_model(
+        preset["model"],
+        dataset.obs_dim,
+        dataset.act_dim,
+        state_mean=dataset.state_mean,
+        state_std=dataset.state_std,
+        reward_scale=spec.reward_scale,
+    )
+    trainer = Trainer(
+        model,
+        dataset,
+        spec,
+        train_cfg,
+        agent_config=preset,
+        out_dir=out_dir,
+        dist_ctx=ctx,
+        resume=resume,
+        progress=progress,
+    )
+    try:
+        if ctx.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            _write_yaml_atomic(
+                out_dir / "config.yaml",
+                {"agent": preset, "task": trainer.task_dict, "world_size": ctx.world_size},
+            )
+        return trainer.train(stop_at=stop_at)
+    finally:
+        trainer.close()
+
+
+def _write_yaml_atomic(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(yaml.safe_dump(payload, sort_keys=False))
+    os.replace(tmp, path)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--agent", default="decision-aaren", help="agent preset name or .yaml path")
+    parser.add_argument("--task", required=True, help="task preset name (envs/*.yaml) or path")
+    parser.add_argument("--steps", type=int, default=None, help="total optimiser steps")
+    parser.add_argument("--seed", type=int, default=None, help="seed (default: the preset's)")
+    parser.add_argument("--out", default=None, help="output folder (runs/AGENT/TASK/seedS)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda:0")
+    parser.add_argument(
+        "--protocol", default=None, help="a preset's protocols.NAME override set (e.g. cpu)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one preset value, e.g. --set train.batch_size=32 (repeatable)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        result = run_training(
+            args.agent,
+            args.task,
+            out_dir=args.out,
+            steps=args.steps,
+            seed=args.seed,
+            device=args.device,
+            resume=args.resume,
+            protocol=args.protocol,
+            overrides=parse_overrides(args.overrides),
+            progress=not args.no_progress,
+        )
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        print(f"aaren-rl train: error: {exc}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"trained steps {result.start_step}..{result.end_step} -> {result.out_dir}")
+        for rec in result.evaluations:
+            if rec.step == result.end_step:
+                print(
+                    f"  target {rec.target_return:g}: return {rec.mean_return:.1f} "
+                    f"± {rec.std_return:.1f}, normalised {rec.normalized_mean:.1f} "
+                    f"± {rec.normalized_std:.1f}"
+                )
+    return 0
