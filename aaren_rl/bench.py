@@ -4,7 +4,10 @@ Two measurements, both at the same width, depth and heads:
 
 1. Training: one forward + backward pass over ``[batch, T, d_model]`` for T = 256 .. 8192:
    wall time (median of repeats) and peak memory. Aaren runs its chunked prefix scan; the
-   Transformer runs full causal self-attention through ``scaled_dot_product_attention``.
+   Transformer runs full causal self-attention through ``scaled_dot_product_attention``, once
+   unmasked (``is_causal``: SDPA may pick a fused kernel that never stores the ``[T, T]``
+   scores) and once with one padded token ("transformer-masked"), which makes it read an
+   explicit ``[T, T]`` boolean mask, as any padded or multi-episode batch does.
 2. Inference: the latency of one ``step`` at position t (t = 1 .. 10,000, log-spaced), median
    of repeats, and the bytes of the state at t (``aaren_rl.nn.backbone.state_nbytes``): the
    Aaren recurrent step, the Transformer KV cache (full, and bounded by a window) and Decision
@@ -46,6 +49,13 @@ from aaren_rl.nn.backbone import state_nbytes
 TRAIN_LENGTHS = (256, 512, 1024, 2048, 4096, 8192)
 STEP_POSITIONS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 QUICK_LENGTHS = (64, 128)
+# training variants: label -> (backbone, padding). "transformer-masked" pads the last token,
+# which forces an explicit [T, T] attention mask (what a padded or multi-episode batch costs).
+TRAIN_VARIANTS = {
+    "aaren": ("aaren", False),
+    "transformer": ("transformer", False),
+    "transformer-masked": ("transformer", True),
+}
 QUICK_POSITIONS = (1, 10, 100)
 MEMORY_METHOD_CPU = "torch.profiler profile_memory: max running sum of CPU allocator events"
 MEMORY_METHOD_CUDA = "torch.cuda.max_memory_allocated above the allocation before the pass"
@@ -189,12 +199,14 @@ def build_backbones(
     return nets
 
 
-def train_pass(net: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+def train_pass(
+    net: nn.Module, x: torch.Tensor, mask: torch.Tensor | None = None
+) -> Callable[[], None]:
     """One forward + backward over ``x [batch, T, d_model]`` (loss: mean square output)."""
 
     def run() -> None:
         net.zero_grad(set_to_none=True)
-        y, _ = net(x)
+        y, _ = net(x, mask=mask)
         y.float().square().mean().backward()
 
     return run
@@ -263,7 +275,7 @@ def tables(results: dict[str, Any]) -> str:
     train = [r for r in results["records"] if r["kind"] == "train"]
     step = [r for r in results["records"] if r["kind"] == "step"]
     out = []
-    names = sorted({r["backbone"] for r in train}, key=["aaren", "transformer"].index)
+    names = sorted({r["backbone"] for r in train}, key=list(TRAIN_VARIANTS).index)
     lengths = sorted({r["T"] for r in train})
     by = {(r["backbone"], r["T"]): r for r in train}
     header = ["T"]
@@ -467,7 +479,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm.auto import tqdm
 
-    train_jobs = [(n, length) for n in ("aaren", "transformer") for length in args.lengths]
+    train_jobs = [(n, length) for n in TRAIN_VARIANTS for length in args.lengths]
     step_jobs = [(n, t) for n in nets for t in args.positions]
     bar = tqdm(
         total=len(train_jobs) + len(step_jobs), desc="bench", disable=args.no_progress, leave=False
@@ -483,8 +495,13 @@ def run(args: argparse.Namespace) -> int:
         if name in too_slow:
             record["skipped"] = f"a shorter pass took over --max-seconds {args.max_seconds}"
         else:
-            net = nets[name].train()
-            fn = train_pass(net, tokens[:, :length])
+            backbone, padded = TRAIN_VARIANTS[name]
+            net = nets[backbone].train()
+            mask = None
+            if padded:
+                mask = torch.ones(args.batch, length, dtype=torch.bool, device=device)
+                mask[:, -1] = False
+            fn = train_pass(net, tokens[:, :length], mask)
             warm = median_seconds(fn, 1, device)[0]
             if warm > args.max_seconds:
                 too_slow.add(name)
@@ -493,6 +510,7 @@ def run(args: argparse.Namespace) -> int:
                 seconds = median_seconds(fn, args.repeats, device)
             record["seconds"] = seconds
             record["seconds_median"] = statistics.median(seconds)
+            net.zero_grad(set_to_none=True)  # so the pass frees nothing held from before
             record["peak_bytes"] = peak_memory_bytes(fn, device)
             net.zero_grad(set_to_none=True)
         records.append(record)
