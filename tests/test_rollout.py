@@ -7,6 +7,8 @@ episodes at different steps for sure; untrained models may also fall (terminate)
 
 from __future__ import annotations
 
+import json
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -231,3 +233,96 @@ def test_bad_arguments_are_clear_errors():
         evaluate_agent(model, ENV, TARGET, n_episodes=1, autoreset_mode="Disabled")
     with pytest.raises(TypeError, match="needs a DecisionModel"):
         evaluate_agent(torch.nn.Linear(2, 2), ENV, TARGET, n_episodes=1)
+
+
+# --------------------------------------------------------------------------- evaluate CLI
+TASK = {
+    "name": "hopper-test",
+    "env_id": "Hopper-v5",
+    "reward_scale": 1e-3,
+    "target_returns": [3600.0, 1800.0],
+    "reference_scores": (-20.272305, 3234.3),
+    "reference_source": "d4rl-v2",
+    "max_episode_steps": 20,
+}
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    from aaren_rl.agents.checkpoint import save_checkpoint
+
+    model = make_model(seed=1)
+    path = tmp_path / "run" / "checkpoint.pt"
+    save_checkpoint(
+        path,
+        model=model,
+        optimizer=None,
+        scheduler=None,
+        step=7,
+        agent_config={"model": model.config.to_dict()},
+        train_config={},
+        task=dict(TASK),
+        rng_state={},
+    )
+    return model, path
+
+
+def test_evaluate_cli_reports_what_the_rollout_measures(checkpoint, tmp_path, capsys):
+    from aaren_rl.cli import main
+
+    model, path = checkpoint
+    out = tmp_path / "eval.json"
+    argv = ["evaluate", str(path), "--episodes", "3", "--envs", "2", "--seed", "5"]
+    assert main([*argv, "--json", str(out), "--no-progress", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "3600" in printed and "1800" in printed and "state/env" in printed
+    report = json.loads(out.read_text())
+    assert report["step"] == 7 and report["env_id"] == "Hopper-v5"
+    assert [r["target_return"] for r in report["results"]] == [3600.0, 1800.0]
+    low, high = TASK["reference_scores"]
+    for row in report["results"]:
+        # the checkpoint's model acts exactly like the model that was saved
+        direct = evaluate_agent(
+            model, "Hopper-v5", row["target_return"], 3, n_envs=2, seed=5, max_episode_steps=20
+        )
+        np.testing.assert_allclose(row["returns"], direct.returns, rtol=0, atol=1e-9)
+        scores = 100 * (np.asarray(row["returns"]) - low) / (high - low)
+        assert row["normalized_mean"] == pytest.approx(scores.mean())
+        assert row["normalized_std"] == pytest.approx(scores.std())
+        assert max(row["lengths"]) <= 20
+
+    # an existing results file is not overwritten unasked
+    before = out.read_text()
+    assert main([*argv, "--json", str(out), "--no-progress"]) == 2
+    assert "already exists; pass --force" in capsys.readouterr().err
+    assert out.read_text() == before
+    assert main([*argv, "--target-return", "100", "--json", str(out), "--force"]) == 0
+    assert [r["target_return"] for r in json.loads(out.read_text())["results"]] == [100.0]
+
+
+def test_evaluate_cli_bad_checkpoint_path_is_a_clear_error(tmp_path, capsys):
+    from aaren_rl.cli import main
+
+    missing = tmp_path / "nope.pt"
+    assert main(["evaluate", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "no such checkpoint" in err
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    assert main(["evaluate", str(junk)]) == 2
+    assert str(junk) in capsys.readouterr().err
+
+
+def test_profile_steps_tracks_state_bytes_per_step():
+    from aaren_rl.agents.rollout import profile_steps
+
+    aaren = profile_steps(make_model(), n_steps=30, n_envs=2)
+    d_head = SMALL["d_model"] // SMALL["n_heads"]
+    assert (
+        aaren.state_bytes_per_env == SMALL["n_layers"] * SMALL["n_heads"] * (d_head + 2) * 4
+    ).all()
+    assert aaren.latency_ms.shape == (30,) and (aaren.latency_ms > 0).all()
+    kv = profile_steps(make_model(**BACKBONES["transformer-kv-full"]), n_steps=30, n_envs=2)
+    per_token = SMALL["n_layers"] * 2 * SMALL["d_model"] * 4 + 1
+    np.testing.assert_array_equal(kv.state_bytes_per_env, 3 * per_token * np.arange(1, 31))
+    assert kv.at(30)[1] == 90 * per_token
