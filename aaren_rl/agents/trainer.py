@@ -10,6 +10,7 @@ same batches and dropout masks as one that never stopped.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -462,9 +463,13 @@ class Trainer:
         mine = capture_rng_state(self.sampler, self.ctx.device)
         if not self.ctx.distributed:
             return {"world_size": 1, "ranks": [mine]}
+        # send bytes, not tensors: all_gather_object's own unpickler mishandles tensors
+        buffer = io.BytesIO()
+        torch.save(mine, buffer)
         gathered: list[Any] = [None] * self.ctx.world_size
-        dist.all_gather_object(gathered, mine)
-        return {"world_size": self.ctx.world_size, "ranks": gathered}
+        dist.all_gather_object(gathered, buffer.getvalue())
+        ranks = [torch.load(io.BytesIO(b), weights_only=True) for b in gathered]
+        return {"world_size": self.ctx.world_size, "ranks": ranks}
 
     def save(self) -> None:
         """Write ``out_dir/checkpoint.pt`` (collective under DDP: every rank must call it)."""
