@@ -302,29 +302,41 @@ def tables(results: dict[str, Any]) -> str:
             slopes.append(f"{n}: memory ~ T^{mem:.2f}, time ~ T^{sec:.2f}")
     if slopes:
         out.append(
-            "log-log slopes over the measured T (1 linear, 2 quadratic): " + "; ".join(slopes)
+            "log-log slopes over the measured T (1 linear, 2 quadratic):\n  " + "\n  ".join(slopes)
         )
     names = list(dict.fromkeys(r["backbone"] for r in step))
     positions = sorted({r["t"] for r in step})
     by = {(r["backbone"], r["t"]): r for r in step}
-    header = ["t"] + [f"{n} us" for n in names] + [f"{n} state" for n in names]
-    rows = []
-    for t in positions:
-        row = [str(t)]
-        row += [f"{1e6 * by[(n, t)]['seconds_median']:.0f}" if (n, t) in by else "-" for n in names]
-        row += [format_bytes(by[(n, t)]["state_bytes"]) if (n, t) in by else "-" for n in names]
-        rows.append(row)
+
+    def latency(r: dict[str, Any]) -> str:
+        return f"{1e6 * min(r['seconds']):.0f}/{1e6 * r['seconds_median']:.0f}"
+
+    header = ["t", *names]
     out.append("")
-    out.append("one step at position t: latency (median), state bytes")
+    out.append("one step at position t: latency in us (best/median of the repeats)")
+    rows = [
+        [str(t)] + [latency(by[(n, t)]) if (n, t) in by else "-" for n in names] for t in positions
+    ]
+    out.append(format_table(header, rows))
+    out.append("")
+    out.append("state bytes after the step at position t")
+    rows = [
+        [str(t)] + [format_bytes(by[(n, t)]["state_bytes"]) if (n, t) in by else "-" for n in names]
+        for t in positions
+    ]
     out.append(format_table(header, rows))
     slopes = []
     for n in names:
         rs = [by[(n, t)] for t in positions if (n, t) in by]
         if len(rs) >= 2:
-            lat = growth_exponent([r["t"] for r in rs], [r["seconds_median"] for r in rs])
-            slopes.append(f"{n}: latency ~ t^{lat:.2f}")
+            lat = growth_exponent([r["t"] for r in rs], [min(r["seconds"]) for r in rs])
+            mem = growth_exponent([r["t"] for r in rs], [max(r["state_bytes"], 1) for r in rs])
+            slopes.append(f"{n}: latency ~ t^{lat:.2f}, state ~ t^{mem:.2f}")
     if slopes:
-        out.append("log-log slopes over the measured t (0 flat, 1 linear): " + "; ".join(slopes))
+        out.append(
+            "log-log slopes over the measured t, best latency (0 flat, 1 linear):\n  "
+            + "\n  ".join(slopes)
+        )
     return "\n".join(out)
 
 
@@ -347,21 +359,28 @@ def plot(results: dict[str, Any], path: Path) -> None:
     for name in dict.fromkeys(r["backbone"] for r in step):
         rs = sorted((r for r in step if r["backbone"] == name), key=lambda r: r["t"])
         ts = [r["t"] for r in rs]
-        axes[1, 0].plot(ts, [1e6 * r["seconds_median"] for r in rs], "o-", label=name)
+        axes[1, 0].plot(ts, [1e6 * min(r["seconds"]) for r in rs], "o-", label=name)
         axes[1, 1].plot(ts, [max(r["state_bytes"], 1) for r in rs], "o-", label=name)
     labels = [
-        ("sequence length T", "forward+backward (ms)"),
+        ("sequence length T", "forward+backward, median (ms)"),
         ("sequence length T", "peak tensor memory (MiB)"),
-        ("position t", "step latency (us)"),
+        ("position t", "step latency, best of the repeats (us)"),
         ("position t", "state (bytes)"),
     ]
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     for ax, (xl, yl) in zip(axes.flat, labels, strict=True):
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(xl)
         ax.set_ylabel(yl)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
+    lengths = sorted({r["T"] for r in train})
+    for ax in axes[0]:
+        ax.set_xticks(lengths, [str(n) for n in lengths])
     fig.suptitle(
         f"Aaren vs causal Transformer: d_model {cfg['d_model']}, {cfg['n_layers']} layers, "
         f"{cfg['n_heads']} head(s), batch {cfg['batch']}, {cfg['dtype']} on {cfg['device_name']}"
@@ -433,6 +452,8 @@ def _load_previous(path: Path, args: argparse.Namespace, config: dict[str, Any])
             f"{path} was measured with different settings ({', '.join(differ)}): "
             "use the same settings to --resume, or --overwrite"
         )
+    config["command"] = old.get("command", config["command"])
+    config["resumed_with"] = "aaren-rl bench " + " ".join(sys.argv[2:])
     return records
 
 
