@@ -10,7 +10,23 @@ import torch
 from torch import nn
 
 from aaren_rl.nn.backbone import Backbone, state_nbytes
-from aaren_rl.nn.transformer import CausalSelfAttention, TransformerBackbone, attention_mask
+from aaren_rl.nn.transformer import (
+    CausalSelfAttention,
+    TransformerBackbone,
+    attention_bias,
+    attention_mask,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are tiny: extra threads only wait on cores that other jobs hold (on a busy
+    2-core machine this file took 90 s with 2 threads, 8 s with 1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 F64 = dict(atol=1e-10, rtol=0.0)
 F32 = dict(atol=1e-5, rtol=1e-5)
@@ -76,7 +92,7 @@ def test_attention_layer_matches_naive_quadratic(window: int | None) -> None:
     seg = resets.long().cumsum(1)
     allowed = attention_mask(mask, seg, seg, window)
     empty = x.new_zeros(b, 2, 0, 4)
-    y, k, v = attn(x, empty, empty, allowed)
+    y, k, v = attn(x, empty, empty, attention_bias(allowed, x.dtype))
     ref = naive_attention(attn, x, resets, mask, window)
     torch.testing.assert_close(y, ref, **F64)
     assert k.shape == v.shape == (b, 2, t, 4)

@@ -24,7 +24,7 @@ environments end episodes at different times) and padding or reset tokens are ne
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -81,11 +81,36 @@ def attention_mask(
     return allowed[None] & same_segment & key_valid[:, None, :]
 
 
+class AttentionBias(NamedTuple):
+    """A mask in the form SDPA adds to the scores, built once and shared by every layer.
+
+    - ``bias``: ``[batch, 1, T, K]`` float, 0 where attention is allowed, ``-inf`` elsewhere;
+      a query with no allowed key gets 0 everywhere (no NaN), and
+    - ``has_key``: ``[batch, 1, T, 1]`` float, 0 for such a query, whose output is zeroed.
+    """
+
+    bias: torch.Tensor
+    has_key: torch.Tensor
+
+
+def attention_bias(allowed: torch.Tensor, dtype: torch.dtype) -> AttentionBias:
+    """``allowed [batch, T, K]`` bool -> :class:`AttentionBias` of ``dtype``.
+
+    SDPA turns a boolean mask into a float one on every call; doing it here once per forward
+    keeps one ``[T, K]`` float mask alive for backward instead of one per layer.
+    """
+    any_key = allowed.any(dim=-1, keepdim=True)  # [B, T, 1]
+    safe = allowed | ~any_key
+    bias = torch.zeros(safe.shape, dtype=dtype, device=allowed.device)
+    bias = bias.masked_fill(~safe, float("-inf"))[:, None]
+    return AttentionBias(bias, any_key[:, None].to(dtype))
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention over a mask, with q, k, v and output projections.
 
-    ``forward(x [batch, T, d_model], past_k, past_v [batch, heads, L, d_head], allowed
-    [batch, T, L+T] bool) -> (y [batch, T, d_model], k, v [batch, heads, L+T, d_head])``.
+    ``forward(x [batch, T, d_model], past_k, past_v [batch, heads, L, d_head], allowed:
+    AttentionBias over L+T keys) -> (y [batch, T, d_model], k, v [batch, heads, L+T, d_head])``.
     A query with no allowed key (a padding slot) outputs zeros, never NaN. ``allowed=None``
     means plain causal attention (every key up to the query's own position), which lets
     ``scaled_dot_product_attention`` use its fused kernels instead of reading a mask.
@@ -113,7 +138,7 @@ class CausalSelfAttention(nn.Module):
         x: torch.Tensor,
         past_k: torch.Tensor,
         past_v: torch.Tensor,
-        allowed: torch.Tensor | None,
+        allowed: AttentionBias | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, t, _ = x.shape
         q, k_new, v_new = self.project_kv(x)
@@ -130,11 +155,10 @@ class CausalSelfAttention(nn.Module):
                 causal = torch.ones(t, n, dtype=torch.bool, device=x.device).tril(n - t)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal, dropout_p=p)
         else:
-            any_key = allowed.any(dim=-1, keepdim=True)  # [B, T, 1]
-            # A fully masked row would give NaN; let it see every key, then zero its output.
-            safe = (allowed | ~any_key)[:, None]  # [B, 1, T, L+T]
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=safe, dropout_p=p)
-            y = y * any_key[:, None].to(y.dtype)
+            # A fully masked row would give NaN: its bias lets it see every key (see
+            # attention_bias), then its output is zeroed.
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed.bias, dropout_p=p)
+            y = y * allowed.has_key
         y = y.transpose(1, 2).reshape(b, t, self.d_model)
         return self.out(y), k, v
 
@@ -181,7 +205,7 @@ class TransformerBlock(nn.Module):
         x: torch.Tensor,
         past_k: torch.Tensor,
         past_v: torch.Tensor,
-        allowed: torch.Tensor | None,
+        allowed: AttentionBias | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``x [batch, T, d_model] -> (y [batch, T, d_model], k, v [batch, heads, L+T, d_head])``."""
         if self.norm_first:
@@ -318,8 +342,12 @@ class TransformerBackbone(nn.Module):
 
     # ----------------------------------------------------------------------------- compute
     def _allowed(
-        self, key_valid: torch.Tensor, key_segment: torch.Tensor, query_segment: torch.Tensor
-    ) -> torch.Tensor | None:
+        self,
+        key_valid: torch.Tensor,
+        key_segment: torch.Tensor,
+        query_segment: torch.Tensor,
+        dtype: torch.dtype,
+    ) -> AttentionBias | None:
         """The attention mask, or None when it would be plain causal attention (no padding,
         no reset, window wider than the keys), so that SDPA may use a fused kernel."""
         n_keys = key_valid.shape[1]
@@ -330,7 +358,8 @@ class TransformerBackbone(nn.Module):
         )
         if plain:
             return None
-        return attention_mask(key_valid, key_segment, query_segment, self.window)
+        allowed = attention_mask(key_valid, key_segment, query_segment, self.window)
+        return attention_bias(allowed, dtype)
 
     def forward(
         self,
@@ -392,7 +421,7 @@ class TransformerBackbone(nn.Module):
         past_segment = torch.zeros(b, past_len, dtype=torch.long, device=x.device)
         key_segment = torch.cat([past_segment, query_segment], dim=1)
         key_valid = torch.cat([state["valid"], mask], dim=1)
-        allowed = self._allowed(key_valid, key_segment, query_segment)
+        allowed = self._allowed(key_valid, key_segment, query_segment, x.dtype)
         ks, vs = [], []
         h = x
         for i, block in enumerate(self.blocks):
@@ -422,7 +451,7 @@ class TransformerBackbone(nn.Module):
         segment = torch.cat([past_segment, query_segment], dim=1)
         valid = torch.cat([state["valid"], mask], dim=1)
         inputs = torch.cat([state["x"].to(x.dtype), x], dim=1)
-        allowed = self._allowed(valid, segment, segment)
+        allowed = self._allowed(valid, segment, segment, x.dtype)
         h = inputs
         empty = inputs.new_zeros(b, self.n_heads, 0, self.d_head)
         for block in self.blocks:
@@ -442,4 +471,11 @@ class TransformerBackbone(nn.Module):
         return y[:, 0], state
 
 
-__all__ = ["TransformerBackbone", "TransformerBlock", "CausalSelfAttention", "attention_mask"]
+__all__ = [
+    "AttentionBias",
+    "CausalSelfAttention",
+    "TransformerBackbone",
+    "TransformerBlock",
+    "attention_bias",
+    "attention_mask",
+]
