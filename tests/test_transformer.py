@@ -372,3 +372,12 @@ def test_bench_growth_exponent_and_table() -> None:
         "256     1.5",
         "8192  120.0",
     ]
+
+
+def test_reset_of_every_row_frees_the_cache() -> None:
+    net = make(window=None)
+    _, state = step_all(net, randn(2, 6, 16))
+    state = net.reset_state(state, torch.tensor([True, False]))
+    assert state["valid"].shape[1] == 6  # row 1 still sees all six positions
+    state = net.reset_state(state, torch.tensor([False, True]))
+    assert state_nbytes(state) == 0 and state["valid"].shape == (2, 0)

@@ -5,9 +5,10 @@ residual, ReLU or GELU feed-forward; pre-norm or post-norm), laid out like
 ``torch.nn.TransformerEncoderLayer`` and like :class:`aaren_rl.nn.aaren.AarenBlock`, so the two
 backbones differ only in the attention (Aaren adds one learned query of ``d_model`` numbers per
 layer). No positional encoding inside (the agent adds timestep embeddings) and no final
-LayerNorm (the agent applies its own, as it does after Aaren). Attention is causal, optionally limited to a sliding window of
-``window`` positions (a token attends to itself and the ``window - 1`` positions before it;
-positions are counted in the sequence as given, padding slots included).
+LayerNorm (the agent applies its own, as it does after Aaren). Attention is causal, optionally
+limited to a sliding window of ``window`` positions (a token attends to itself and the
+``window - 1`` positions before it; positions are counted in the sequence as given, padding
+slots included).
 
 Two ways to run it one token at a time (``step``):
 
@@ -311,7 +312,7 @@ class TransformerBackbone(nn.Module):
             )
         new = dict(state)
         new["valid"] = valid & ~done.to(valid.device)[:, None]
-        return new
+        return self._trim(new)  # frees the positions that no row can see any more
 
     def _trim(self, state: TransformerState) -> TransformerState:
         """Keep the last ``window - 1`` positions; drop leading positions no row can see."""
