@@ -296,8 +296,17 @@ def test_evaluate_cli_reports_what_the_rollout_measures(checkpoint, tmp_path, ca
     assert main([*argv, "--json", str(out), "--no-progress"]) == 2
     assert "already exists; pass --force" in capsys.readouterr().err
     assert out.read_text() == before
-    assert main([*argv, "--target-return", "100", "--json", str(out), "--force"]) == 0
-    assert [r["target_return"] for r in json.loads(out.read_text())["results"]] == [100.0]
+    extra = ["--target-return", "100", "--profile-steps", "12", "--json", str(out), "--force"]
+    assert main([*argv, *extra]) == 0
+    again = json.loads(out.read_text())
+    assert [r["target_return"] for r in again["results"]] == [100.0]
+    d_head = SMALL["d_model"] // SMALL["n_heads"]
+    per_env = SMALL["n_layers"] * SMALL["n_heads"] * (d_head + 2) * 4
+    assert [(p["t"], p["state_bytes_per_env"]) for p in again["profile"]] == [
+        (1, per_env),
+        (10, per_env),
+        (12, per_env),
+    ]
 
 
 def test_evaluate_cli_bad_checkpoint_path_is_a_clear_error(tmp_path, capsys):

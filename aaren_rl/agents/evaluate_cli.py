@@ -52,6 +52,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
+    parser.add_argument(
+        "--profile-steps",
+        type=int,
+        default=0,
+        metavar="T",
+        help="also step the model T times on random inputs (no env) and print ms/step and "
+        "state bytes/env at t = 1, 10, 100, 1000, T (shows constant memory over long episodes)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -93,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from aaren_rl.agents.checkpoint import CheckpointError, load_agent
-    from aaren_rl.agents.rollout import evaluate_agent
+    from aaren_rl.agents.rollout import evaluate_agent, profile_steps
 
     if args.episodes < 1 or args.envs < 1:
         print("error: --episodes and --envs must be >= 1", file=sys.stderr)
@@ -174,6 +182,21 @@ def run(args: argparse.Namespace) -> int:
             f"{np.mean(row['lengths']):>7.1f} {row['step_latency_ms']:>13.3f} "
             f"{row['env_step_latency_ms']:>11.3f} {state:>22}"
         )
+    profile = None
+    if args.profile_steps > 0:
+        prof = profile_steps(model, args.profile_steps, n_envs=args.envs, seed=args.seed)
+        marks = sorted(
+            {t for t in (1, 10, 100, 1000) if t <= args.profile_steps} | {args.profile_steps}
+        )
+        print(
+            f"step profile ({args.envs} envs, random inputs; ms = median of the 10 steps up to t)"
+        )
+        print(f"{'t':>8} {'model ms/step':>13} {'state/env':>12}")
+        profile = []
+        for t in marks:
+            ms, nbytes = prof.at(t)
+            profile.append({"t": t, "step_latency_ms": ms, "state_bytes_per_env": nbytes})
+            print(f"{t:>8} {ms:>13.3f} {_fmt_bytes(nbytes):>12}")
     if args.json is not None:
         payload = {
             "checkpoint": info.get("path"),
@@ -184,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
             "device": str(device),
             "seed": args.seed,
             "results": rows,
+            "profile": profile,
         }
         write_json_atomic(args.json, payload, force=args.force)
         print(f"wrote {args.json}")
