@@ -94,7 +94,11 @@ def resolve_agent(
     tree = {"model": model, "train": train}
     for dotted, value in (overrides or {}).items():
         _set_dotted(tree, dotted, value, source)
-    TrainConfig.from_dict(tree["train"], source=source)  # validate now, with the file's name
+    from aaren_rl.agents.decision_model import DecisionModelConfig
+
+    # validate both sections now, so that errors name the file
+    DecisionModelConfig.from_dict(tree["model"], source=source)
+    TrainConfig.from_dict(tree["train"], source=source)
     return {
         "name": name,
         "source": source,
