@@ -71,15 +71,15 @@ def attention_mask(
     """
     n_keys = key_valid.shape[1]
     n_queries = query_segment.shape[1]
-    device = key_valid.device
-    key_pos = torch.arange(n_keys, device=device)
-    query_pos = torch.arange(n_keys - n_queries, n_keys, device=device)
-    distance = query_pos[:, None] - key_pos[None, :]  # [T, L+T]
-    allowed = distance >= 0
+    past = n_keys - n_queries
+    # query i sits at position past + i: it sees keys j <= past + i, and j > past + i - window
+    ones = torch.ones(n_queries, n_keys, dtype=torch.bool, device=key_valid.device)
+    allowed = ones.tril(past)
     if window is not None:
-        allowed = allowed & (distance < window)
-    same_segment = query_segment[:, :, None] == key_segment[:, None, :]
-    return allowed[None] & same_segment & key_valid[:, None, :]
+        allowed &= ~ones.tril(past - window)
+    allowed = allowed[None] & (query_segment[:, :, None] == key_segment[:, None, :])
+    allowed &= key_valid[:, None, :]
+    return allowed
 
 
 class AttentionBias(NamedTuple):
@@ -101,10 +101,10 @@ def attention_bias(allowed: torch.Tensor, dtype: torch.dtype) -> AttentionBias:
     keeps one ``[T, K]`` float mask alive for backward instead of one per layer.
     """
     any_key = allowed.any(dim=-1, keepdim=True)  # [B, T, 1]
-    safe = allowed | ~any_key
-    bias = torch.zeros(safe.shape, dtype=dtype, device=allowed.device)
-    bias = bias.masked_fill(~safe, float("-inf"))[:, None]
-    return AttentionBias(bias, any_key[:, None].to(dtype))
+    blocked = ~(allowed | ~any_key)
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    bias.masked_fill_(blocked, float("-inf"))
+    return AttentionBias(bias[:, None], any_key[:, None].to(dtype))
 
 
 class CausalSelfAttention(nn.Module):
