@@ -33,6 +33,15 @@ OBS, ACT = 11, 3  # Hopper-v5's spaces, so that the rollout can run on the real 
 REFS = (-5.0, 95.0)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread is fastest, and robust when the CPU is shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _synthetic_arrays(n_episodes: int = 10, seed: int = 0) -> dict[str, np.ndarray]:
     """Episodes of 12..30 steps whose actions are a fixed smooth function of the states."""
     rng = np.random.default_rng(seed)
@@ -184,7 +193,6 @@ def test_train_config_rejects_unknown_keys_and_bad_values(tmp_path):
 
 @pytest.mark.parametrize("sampler", ["prefix", "window"])
 def test_loss_falls_on_a_tiny_dataset(sampler):
-    torch.set_num_threads(1)
     trainer = _trainer(
         None, steps=150, batch_size=8, lr=3e-3, warmup_steps=10, sampler=sampler, max_len=40
     )
@@ -218,6 +226,10 @@ def test_existing_checkpoint_is_never_overwritten_without_resume(tmp_path):
     before = (tmp_path / "checkpoint.pt").read_bytes()
     with pytest.raises(FileExistsError, match="--resume"):
         _trainer(tmp_path, steps=2)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    # resuming a finished run trains nothing and rewrites nothing
+    again = _trainer(tmp_path, resume=True, steps=2).train()
+    assert (again.start_step, again.end_step, again.losses, again.finished) == (2, 2, [], True)
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
     with pytest.raises(ValueError, match=r"model config differs in \['d_model'\]"):
         trainer = _trainer(tmp_path, resume=True, steps=4)

@@ -455,7 +455,9 @@ class Trainer:
             seed = derived_seed(self.cfg.seed + self.step, self.ctx.rank)
             seed_everything(seed)
         old = data.get("train_config") or {}
-        changed = sorted(k for k, v in self.cfg.to_dict().items() if k in old and old[k] != v)
+        changed = sorted(
+            k for k, v in self.cfg.to_dict().items() if k in old and old[k] != v and k != "steps"
+        )
         if changed and self.ctx.is_main:
             warnings.warn(f"{path}: resuming with changed train settings {changed}", stacklevel=2)
 

@@ -1,0 +1,244 @@
+"""Train and evaluate Decision Aaren against Decision Transformer; write the table into the docs.
+
+    python scripts/results.py --tasks hopper-medium halfcheetah-medium walker2d-medium \\
+        --seeds 0 1 2 --protocol cpu
+
+Every (task, agent, seed) trains with the same protocol and number of steps into
+``RUNS/<protocol>-<steps>steps/<task>/<agent>/seed<seed>`` and is evaluated at the end on
+every target return of the task. The script is resumable: a finished run (its metrics.json)
+is skipped, an interrupted one resumes from its checkpoint. At the end it replaces the block
+between ``<!-- results:begin -->`` and ``<!-- results:end -->`` in the doc (docs/results.md)
+with the tables and the exact command that made them; the rest of the doc is left as it is.
+
+Agents are preset names, optionally with ``@SAMPLER`` to change the training sequences:
+``decision-aaren`` (episode prefixes, its preset), ``decision-aaren@window`` (DT's random
+windows, to measure what prefix training buys), ``decision-transformer`` (DT windows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+DEFAULT_AGENTS = ["decision-aaren", "decision-aaren@window", "decision-transformer"]
+REPO = Path(__file__).resolve().parent.parent
+
+
+def parse_agent(spec: str) -> tuple[str, str | None, str]:
+    """``"decision-aaren@window"`` -> (preset, sampler override, label for paths and tables)."""
+    preset, _, sampler = spec.partition("@")
+    if sampler and sampler not in ("window", "prefix", "full"):
+        raise ValueError(f"agent {spec!r}: sampler after '@' must be window, prefix or full")
+    stem = Path(preset).stem if preset.endswith((".yaml", ".yml")) else preset
+    return preset, sampler or None, f"{stem}-{sampler}" if sampler else stem
+
+
+def run_dir(root: Path, protocol: str, steps: int, task: str, label: str, seed: int) -> Path:
+    return root / f"{protocol or 'published'}-{steps}steps" / task / label / f"seed{seed}"
+
+
+def finished_metrics(path: Path, steps: int, episodes: int) -> dict[str, Any] | None:
+    """The run's metrics.json if it finished ``steps`` with ``episodes`` evaluation episodes."""
+    file = path / "metrics.json"
+    if not file.is_file():
+        return None
+    try:
+        metrics = json.loads(file.read_text())
+    except ValueError:
+        return None
+    final = metrics.get("final_eval") or []
+    if metrics.get("step") != steps or not final:
+        return None
+    if any(len(rec.get("returns", [])) != episodes for rec in final):
+        return None
+    return metrics
+
+
+def train_one(
+    agent: str,
+    task_name: str,
+    seed: int,
+    args: argparse.Namespace,
+    dataset_cache: dict[str, Any],
+) -> dict[str, Any]:
+    """Train (or resume, or skip) one run and return its metrics.json content."""
+    from aaren_rl.agents.train_cli import resolve_agent, run_training
+    from aaren_rl.data.tasks import load_task
+
+    if task_name not in dataset_cache:
+        dataset_cache[task_name] = [load_task(task_name), None]
+    spec = dataset_cache[task_name][0]
+    preset, sampler, label = parse_agent(agent)
+    overrides: dict[str, Any] = {"train.eval_episodes": args.eval_episodes, "train.eval_every": 0}
+    if sampler:
+        overrides["train.sampler"] = sampler
+    resolved = resolve_agent(preset, protocol=args.protocol, overrides=overrides)
+    steps = args.steps if args.steps is not None else int(resolved["train"]["steps"])
+    out = run_dir(args.runs, args.protocol, steps, spec.name, label, seed)
+    done = finished_metrics(out, steps, args.eval_episodes)
+    if done is not None:
+        print(f"skip  {spec.name} {label} seed {seed}: finished ({out})", flush=True)
+        return done
+    print(f"train {spec.name} {label} seed {seed} for {steps} steps -> {out}", flush=True)
+    if dataset_cache[task_name][1] is None:
+        dataset_cache[task_name][1] = spec.load_dataset()
+    dataset = dataset_cache[task_name][1]
+    t0 = time.perf_counter()
+    run_training(
+        preset,
+        spec,
+        out_dir=out,
+        steps=steps,
+        seed=seed,
+        device=args.device,
+        resume=True,
+        protocol=args.protocol,
+        overrides=overrides,
+        progress=not args.no_progress,
+        dataset=dataset,
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics["label"] = label
+    metrics["wall_seconds"] = time.perf_counter() - t0
+    from aaren_rl.agents.trainer import write_json_atomic
+
+    write_json_atomic(out / "metrics.json", metrics)
+    return metrics
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    arr = np.asarray(values, dtype=float)
+    return f"{arr.mean():.1f} ± {arr.std():.1f}"
+
+
+def render_tables(results: dict[tuple[str, str], list[dict[str, Any]]], agents: list[str]) -> str:
+    """Markdown: main table (each task's first target return) and one row per target."""
+    labels = [parse_agent(a)[2] for a in agents]
+    tasks = list(dict.fromkeys(task for task, _ in results))
+    lines = [
+        "Normalised score (100 = the reference expert, 0 = random), mean ± std over seeds of "
+        "each seed's mean over its evaluation episodes, at the task's first target return.",
+        "",
+        "| task | " + " | ".join(labels) + " |",
+        "|---|" + "---|" * len(labels),
+    ]
+    for task in tasks:
+        row = [task]
+        for label in labels:
+            runs = results.get((task, label), [])
+            scores = [r["final_eval"][0]["normalized_mean"] for r in runs if r.get("final_eval")]
+            row.append(f"{_mean_std(scores)} (n={len(scores)})")
+        lines.append("| " + " | ".join(row) + " |")
+    lines += [
+        "",
+        "Every target return (score and raw return: mean ± std over seeds; ms per vector step "
+        "of the rollout; training wall time per run):",
+        "",
+        "| task | agent | target | normalised score | return | seeds | ms/step | train s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for task in tasks:
+        for label in labels:
+            runs = [r for r in results.get((task, label), []) if r.get("final_eval")]
+            if not runs:
+                continue
+            for i, first in enumerate(runs[0]["final_eval"]):
+                recs = [r["final_eval"][i] for r in runs if len(r["final_eval"]) > i]
+                score = _mean_std([x["normalized_mean"] for x in recs])
+                ret = _mean_std([x["mean_return"] for x in recs])
+                ms = np.median([x["step_latency_ms"] for x in recs])
+                train_s = np.mean([r.get("wall_seconds", np.nan) for r in runs])
+                lines.append(
+                    f"| {task} | {label} | {first['target_return']:g} | {score} | {ret} | "
+                    f"{len(recs)} | {ms:.2f} | {train_s:.0f} |"
+                )
+    return "\n".join(lines)
+
+
+def write_doc(doc: Path, block: str) -> None:
+    """Replace the marked block of ``doc`` (or append one), atomically."""
+    text = doc.read_text() if doc.exists() else "# Results\n"
+    section = f"{BEGIN}\n{block}\n{END}"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        text = head + section + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    tmp = doc.with_name(f".{doc.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, doc)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--tasks", nargs="+", default=["hopper-medium-small"], help="task presets")
+    p.add_argument("--agents", nargs="+", default=DEFAULT_AGENTS, help="PRESET[@SAMPLER] ...")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=None, help="training steps (protocol's)")
+    p.add_argument("--protocol", default="cpu", help="preset protocol; '' for the published one")
+    p.add_argument("--eval-episodes", type=int, default=10, help="final evaluation episodes")
+    p.add_argument("--runs", type=Path, default=REPO / "runs" / "results", help="run folders")
+    p.add_argument("--doc", type=Path, default=REPO / "docs" / "results.md")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    args.protocol = args.protocol or None
+    if args.eval_episodes < 1:
+        p.error("--eval-episodes must be >= 1")
+    for agent in args.agents:
+        try:
+            parse_agent(agent)
+        except ValueError as exc:
+            p.error(str(exc))
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = "python scripts/results.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    results: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    cache: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    for task in args.tasks:
+        for seed in args.seeds:
+            for agent in args.agents:
+                metrics = train_one(agent, task, seed, args, cache)
+                name = cache[task][0].name
+                results.setdefault((name, parse_agent(agent)[2]), []).append(metrics)
+    import torch
+
+    steps = sorted({r["step"] for runs in results.values() for r in runs})
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    block = "\n".join(
+        [
+            f"Made by `{command}` on {stamp} ({platform.machine()}, {os.cpu_count()} CPUs, "
+            f"torch {torch.__version__}, device {args.device}); protocol "
+            f"`{args.protocol or 'published'}`, {', '.join(map(str, steps))} training steps, "
+            f"{args.eval_episodes} evaluation episodes per target, seeds {args.seeds}.",
+            "",
+            render_tables(results, args.agents),
+        ]
+    )
+    write_doc(args.doc, block)
+    print(block)
+    print(f"\nwrote {args.doc} ({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
