@@ -232,6 +232,13 @@ def _key(record: dict[str, Any]) -> tuple:
     return (record["kind"], record["backbone"], record.get("T"), record.get("t"))
 
 
+def _usual_permissions(path: str) -> None:
+    """mkstemp makes files private (0600); give them what ``open`` would (0666 & ~umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -239,6 +246,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        _usual_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -394,6 +402,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=110)
+        _usual_permissions(tmp)
         os.replace(tmp, path)
     finally:
         plt.close(fig)
