@@ -347,3 +347,17 @@ def test_bad_shapes_give_clear_errors():
         aaren_scan(scores, values, initial_aaren_state(3, 2, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match="divisible"):
         AarenBackbone(10, 1, 3)
+
+
+def test_inference_key_cache_follows_parameter_updates():
+    torch.manual_seed(3)
+    attn = AarenBlock(8, 2).attn.double()
+    x = torch.randn(4, 8, dtype=torch.float64)
+    with torch.no_grad():
+        before = attn.scores_and_values(x)[0]
+        assert attn._key_cache is not None
+        attn.k_proj.weight.add_(0.5)  # as an optimiser step would
+        after = attn.scores_and_values(x)[0]
+    fresh = attn.scores_and_values(x)[0]  # autograd on: computed anew, no cache
+    assert_close64(after, fresh.detach())
+    assert (after - before).abs().max() > 1e-3

@@ -49,10 +49,30 @@ class AarenAttention(nn.Module):
         self.v_proj = nn.Linear(d_model, d_model)
         self.out_proj = nn.Linear(d_model, d_model)
         nn.init.normal_(self.query, std=1.0)
+        self._key_cache: tuple[tuple, tuple[Tensor, Tensor]] | None = None
 
     def score_weights(self) -> tuple[Tensor, Tensor]:
         """The collapsed key path: ``(kappa [heads, d_model], const [heads])`` with
-        ``score(x) = x @ kappa.T + const``."""
+        ``score(x) = x @ kappa.T + const``.
+
+        Without autograd (rollout) the result is cached until a parameter it depends on
+        changes (an optimiser step or ``load_state_dict`` bumps the tensors' versions).
+        """
+        if torch.is_grad_enabled():
+            return self._collapse_keys()
+        params = (
+            self.query,
+            self.q_proj.weight,
+            self.q_proj.bias,
+            self.k_proj.weight,
+            self.k_proj.bias,
+        )
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        if self._key_cache is None or self._key_cache[0] != key:
+            self._key_cache = (key, self._collapse_keys())
+        return self._key_cache[1]
+
+    def _collapse_keys(self) -> tuple[Tensor, Tensor]:
         q = self.q_proj(self.query).view(self.n_heads, self.head_dim)  # [H, Dh]
         w_k = self.k_proj.weight.view(self.n_heads, self.head_dim, self.d_model)  # [H, Dh, D]
         scale = 1.0 / math.sqrt(self.head_dim)
