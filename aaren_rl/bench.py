@@ -442,15 +442,16 @@ _COMPARED = ("d_model", "n_layers", "n_heads", "batch", "dtype", "seed", "device
 
 
 def _load_previous(path: Path, args: argparse.Namespace, config: dict[str, Any]) -> list[dict]:
-    if not path.exists():
-        return []
-    if args.overwrite:
+    plot_path = path.with_name("bench.png")
+    if args.overwrite or not (path.exists() or plot_path.exists()):
         return []
     if not args.resume:
         raise SystemExit(
-            f"{path} already exists: pass --resume to continue it, --overwrite to replace it, "
-            "or choose another --out"
+            f"{path if path.exists() else plot_path} already exists: pass --resume to continue "
+            "it, --overwrite to replace it, or choose another --out"
         )
+    if not path.exists():
+        raise SystemExit(f"{path} is missing, so there is nothing to --resume: pass --overwrite")
     try:
         previous = json.loads(path.read_text())
         old = previous["config"]
