@@ -12,7 +12,7 @@ with the tables and the exact command that made them; the rest of the doc is lef
 
 Agents are preset names, optionally with ``@SAMPLER`` to change the training sequences:
 ``decision-aaren`` (episode prefixes, its preset), ``decision-aaren@window`` (DT's random
-windows, to measure what prefix training buys), ``decision-transformer`` (DT windows).
+windows with DT's batch size, to measure what prefix training buys), ``decision-transformer``.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import numpy as np
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 DEFAULT_AGENTS = ["decision-aaren", "decision-aaren@window", "decision-transformer"]
 REPO = Path(__file__).resolve().parent.parent
+WINDOW_BATCH_FROM = "decision-transformer"  # an @window variant trains with DT's batch size
 
 
 def parse_agent(spec: str) -> tuple[str, str | None, str]:
@@ -83,6 +84,9 @@ def train_one(
     overrides: dict[str, Any] = {"train.eval_episodes": args.eval_episodes, "train.eval_every": 0}
     if sampler:
         overrides["train.sampler"] = sampler
+    if sampler == "window":  # DT's recipe for the sequences: its windows and its batch size
+        baseline = resolve_agent(WINDOW_BATCH_FROM, protocol=args.protocol)
+        overrides["train.batch_size"] = int(baseline["train"]["batch_size"])
     resolved = resolve_agent(preset, protocol=args.protocol, overrides=overrides)
     steps = args.steps if args.steps is not None else int(resolved["train"]["steps"])
     out = run_dir(args.runs, args.protocol, steps, spec.name, label, seed)
@@ -115,6 +119,52 @@ def train_one(
 
     write_json_atomic(out / "metrics.json", metrics)
     return metrics
+
+
+def time_steps(args: argparse.Namespace, n_steps: int) -> str:
+    """Seconds per training step of each agent on the first task (no files written)."""
+    import torch
+
+    from aaren_rl.agents.decision_model import build_decision_model
+    from aaren_rl.agents.train_cli import resolve_agent
+    from aaren_rl.agents.trainer import TrainConfig, Trainer, resolve_device, seed_everything
+    from aaren_rl.data.tasks import load_task
+
+    spec = load_task(args.tasks[0])
+    dataset = spec.load_dataset()
+    device = resolve_device(args.device)
+    rows = [
+        f"Seconds per training step on {spec.name} ({device}, {torch.get_num_threads()} threads, "
+        f"protocol `{args.protocol or 'published'}`, median of {n_steps} after one warm-up):",
+        "",
+        "| agent | sampler | batch | s per step |",
+        "|---|---|---|---|",
+    ]
+    for agent in args.agents:
+        preset, sampler, label = parse_agent(agent)
+        overrides = {"train.sampler": sampler} if sampler else {}
+        if sampler == "window":
+            baseline = resolve_agent(WINDOW_BATCH_FROM, protocol=args.protocol)
+            overrides["train.batch_size"] = int(baseline["train"]["batch_size"])
+        resolved = resolve_agent(preset, protocol=args.protocol, overrides=overrides)
+        seed_everything(0)
+        model = build_decision_model(
+            resolved["model"], dataset.obs_dim, dataset.act_dim, reward_scale=spec.reward_scale
+        )
+        cfg = TrainConfig.from_dict(resolved["train"])
+        trainer = Trainer(model.to(device), dataset, spec, cfg, progress=False)
+        trainer.train_step()
+        times = []
+        for _ in range(n_steps):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            trainer.train_step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        rows.append(f"| {label} | {cfg.sampler} | {cfg.batch_size} | {np.median(times):.3f} |")
+    return "\n".join(rows)
 
 
 def _mean_std(values: list[float]) -> str:
@@ -196,6 +246,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--doc", type=Path, default=REPO / "docs" / "results.md")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--time-steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only time N training steps of each agent on the first task, print, exit",
+    )
     args = p.parse_args(argv)
     args.protocol = args.protocol or None
     if args.eval_episodes < 1:
@@ -210,6 +267,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.time_steps > 0:
+        print(time_steps(args, args.time_steps))
+        return 0
     command = "python scripts/results.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}
     cache: dict[str, Any] = {}
