@@ -166,7 +166,7 @@ def peak_memory_bytes(fn: Callable[[], Any], device: torch.device) -> int:
     return int(peak)
 
 
-def median_seconds(fn: Callable[[], Any], repeats: int, device: torch.device) -> list[float]:
+def time_calls(fn: Callable[[], Any], repeats: int, device: torch.device) -> list[float]:
     """Wall time of ``repeats`` calls of ``fn`` (after the caller's warm-up), in seconds."""
     times = []
     for _ in range(repeats):
@@ -537,12 +537,12 @@ def run(args: argparse.Namespace) -> int:
                 mask = torch.ones(args.batch, length, dtype=torch.bool, device=device)
                 mask[:, -1] = False
             fn = train_pass(net, tokens[:, :length], mask)
-            warm = median_seconds(fn, 1, device)[0]
+            warm = time_calls(fn, 1, device)[0]
             if warm > args.max_seconds:
                 too_slow.add(name)
                 seconds = [warm]
             else:
-                seconds = median_seconds(fn, args.repeats, device)
+                seconds = time_calls(fn, args.repeats, device)
             record["seconds"] = seconds
             record["seconds_median"] = statistics.median(seconds)
             net.zero_grad(set_to_none=True)  # so the pass frees nothing held from before
@@ -561,7 +561,7 @@ def run(args: argparse.Namespace) -> int:
             x_t = tokens[:, t - 1]
             y, after = net.step(x_t, state)  # warm-up; `after` is the state at t
             one_step = functools.partial(net.step, x_t, state)
-            seconds = median_seconds(one_step, args.step_repeats, device)
+            seconds = time_calls(one_step, args.step_repeats, device)
             if not torch.isfinite(y).all():
                 raise RuntimeError(f"{name}: non-finite step output at t={t}")
             records.append(
