@@ -138,6 +138,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from aaren_rl.agents.checkpoint import CheckpointError
     from aaren_rl.agents.rollout import evaluate_agent
     from aaren_rl.agents.train_cli import run_training
     from aaren_rl.agents.trainer import task_to_dict, write_json_atomic
@@ -160,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
             protocol="demo",
             progress=not args.no_progress,
         )
-    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+    except (FileNotFoundError, FileExistsError, ValueError, CheckpointError) as exc:
         print(f"aaren-rl demo: error: {exc}", file=sys.stderr)
         return 2
     train_s = time.perf_counter() - t0

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from aaren_rl import presets
+from aaren_rl.agents.checkpoint import CheckpointError
 from aaren_rl.agents.trainer import (
     TrainConfig,
     Trainer,
@@ -225,9 +226,15 @@ def run(args: argparse.Namespace) -> int:
             overrides=parse_overrides(args.overrides),
             progress=not args.no_progress,
         )
-    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+    except (FileNotFoundError, FileExistsError, ValueError, CheckpointError) as exc:
         print(f"aaren-rl train: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            "aaren-rl train: interrupted; run the same command with --resume to continue",
+            file=sys.stderr,
+        )
+        return 130
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"trained steps {result.start_step}..{result.end_step} -> {result.out_dir}")
         for rec in result.evaluations:
