@@ -361,3 +361,10 @@ def test_inference_key_cache_follows_parameter_updates():
     fresh = attn.scores_and_values(x)[0]  # autograd on: computed anew, no cache
     assert_close64(after, fresh.detach())
     assert (after - before).abs().max() > 1e-3
+
+
+def test_module_built_under_inference_mode_still_steps():
+    with torch.inference_mode():
+        backbone = AarenBackbone(8, 1, 2)
+        y, _ = backbone.step(torch.randn(2, 8), backbone.initial_state(2))
+    assert torch.isfinite(y).all()

@@ -58,8 +58,6 @@ class AarenAttention(nn.Module):
         Without autograd (rollout) the result is cached until a parameter it depends on
         changes (an optimiser step or ``load_state_dict`` bumps the tensors' versions).
         """
-        if torch.is_grad_enabled():
-            return self._collapse_keys()
         params = (
             self.query,
             self.q_proj.weight,
@@ -67,6 +65,9 @@ class AarenAttention(nn.Module):
             self.k_proj.weight,
             self.k_proj.bias,
         )
+        # parameters made under inference_mode carry no version counter: no cache for them
+        if torch.is_grad_enabled() or any(p.is_inference() for p in params):
+            return self._collapse_keys()
         key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
         if self._key_cache is None or self._key_cache[0] != key:
             self._key_cache = (key, self._collapse_keys())
