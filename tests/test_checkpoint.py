@@ -28,15 +28,6 @@ TASK = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is fastest, and robust when the CPU is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _trained_model_and_optim(seed: int = 0):
     torch.manual_seed(seed)
     mean = np.linspace(-1.0, 1.0, OBS).astype(np.float32)

@@ -10,7 +10,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from aaren_rl.cli import main
@@ -18,15 +17,6 @@ from aaren_rl.cli import main
 OBS, ACT = 11, 3  # Hopper-v5
 REFS = (-5.0, 95.0)
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is fastest, and robust when the CPU is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _write_task(tmp_path: Path, max_episode_steps: int = 20) -> Path:

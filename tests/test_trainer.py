@@ -33,15 +33,6 @@ OBS, ACT = 11, 3  # Hopper-v5's spaces, so that the rollout can run on the real 
 REFS = (-5.0, 95.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is fastest, and robust when the CPU is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _synthetic_arrays(n_episodes: int = 10, seed: int = 0) -> dict[str, np.ndarray]:
     """Episodes of 12..30 steps whose actions are a fixed smooth function of the states."""
     rng = np.random.default_rng(seed)
