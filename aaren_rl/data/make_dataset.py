@@ -40,6 +40,7 @@ from aaren_rl.data.behaviour import (
     uniform_policy,
 )
 from aaren_rl.data.d4rl_writer import episode_bounds, write_d4rl
+from aaren_rl.data.paths import data_dir
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--out",
-        default=os.environ.get("D4RL_DATASET_DIR", "data/d4rl"),
-        help="folder for the datasets (default $D4RL_DATASET_DIR or data/d4rl)",
+        default=None,
+        help="folder for the datasets (default: the library's data folder, $AAREN_RL_DATA_DIR, "
+        "else $D4RL_DATASET_DIR, else ~/.aaren_rl/datasets)",
     )
     parser.add_argument(
         "--work-dir",
@@ -100,6 +102,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transitions", type=int, default=1_000_000, help="steps per rollout")
     parser.add_argument(
         "--max-episodes", type=int, default=None, help="at most this many episodes per rollout"
+    )
+    parser.add_argument(
+        "--max-episode-steps",
+        type=int,
+        default=None,
+        help="time limit of the env (default the env's own, 1000 for MuJoCo v5, as D4RL)",
     )
     parser.add_argument("--suffix", default="", help="name datasets TASK-LEVEL-SUFFIX-v5")
     parser.add_argument("--seed", type=int, default=0)
@@ -194,6 +202,13 @@ class Build:
     """Everything one ``make-dataset`` call does, in order: check, train, roll out, write."""
 
     def __init__(self, args: argparse.Namespace):
+        if args.task not in TASKS:
+            # `make-dataset hopper-medium` = `make-dataset hopper --levels medium`
+            for level in sorted(LEVELS, key=len, reverse=True):
+                task = args.task.removesuffix(f"-{level}")
+                if task != args.task and task in TASKS:
+                    args.task, args.levels = task, level
+                    break
         if args.task not in TASKS and args.env_id is None:
             raise SystemExit(
                 f"make-dataset: unknown task {args.task!r}; known: {', '.join(TASKS)} "
@@ -216,7 +231,7 @@ class Build:
         if not np.isfinite(self.expert_return):
             raise SystemExit("make-dataset: give --expert-return for a task without a reference")
         self.threshold = args.medium_fraction * self.expert_return
-        self.out = Path(args.out)
+        self.out = Path(args.out) if args.out else data_dir()
         self.work = Path(args.work_dir or f"runs/make-dataset/{self.task}-seed{args.seed}")
         self.policies = Path(args.policies) if args.policies else self.out / "policies"
         self.progress = Progress.load(self.work / "progress.json")
@@ -243,6 +258,8 @@ class Build:
     def make_env(self):
         import gymnasium as gym
 
+        if self.args.max_episode_steps:
+            return gym.make(self.env_id, max_episode_steps=self.args.max_episode_steps)
         return gym.make(self.env_id)
 
     # ---- checks before any work
@@ -436,6 +453,7 @@ class Build:
             "algorithm": "SB3 SAC" if level != "random" else "uniform random",
             "actions": "sampled from the stochastic policy" if level != "random" else "uniform",
             "seed": self.args.seed,
+            "max_episode_steps": self.max_episode_steps() or 0,
             "medium_threshold": self.threshold,
             "episode_returns": returns,
             "episode_lengths": lengths,
