@@ -405,3 +405,29 @@ def test_unknown_task_and_level_are_clear_errors(tmp_path):
         main(["make-dataset", "pogo", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="unknown level"):
         main(["make-dataset", "hopper", "--levels", "medium,great", "--out", str(tmp_path)])
+
+
+def test_minari_export_round_trip(tmp_path, monkeypatch):
+    minari = pytest.importorskip("minari")
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    from aaren_rl.data.minari_export import write_minari
+
+    def make_env():
+        return gym.make("Hopper-v5", max_episode_steps=9)
+
+    space = make_env().action_space
+    eps = collect_episodes(make_env, uniform_policy(space, 0), n_transitions=40, n_envs=2, seed=1)
+    data, _ = episodes_to_arrays(eps)
+    write_minari("aaren/hopper/test-v0", "Hopper-v5", data)
+    loaded = minari.load_dataset("aaren/hopper/test-v0")
+    assert loaded.total_episodes == len(eps) and loaded.total_steps == 40
+    for ep, theirs in zip(eps, loaded.iterate_episodes(), strict=True):
+        # Minari keeps T + 1 observations: the T seen before each action, then the final one.
+        np.testing.assert_allclose(theirs.observations[:-1], ep.observations, rtol=1e-6)
+        np.testing.assert_allclose(theirs.observations[-1], ep.next_observations[-1], rtol=1e-6)
+        np.testing.assert_allclose(theirs.actions, ep.actions)
+        np.testing.assert_allclose(theirs.rewards, ep.rewards, rtol=1e-6)
+        assert bool(theirs.terminations[-1]) == ep.terminated
+        assert bool(theirs.truncations[-1]) == (not ep.terminated)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        write_minari("aaren/hopper/test-v0", "Hopper-v5", data)

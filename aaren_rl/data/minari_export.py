@@ -7,6 +7,8 @@ the observation after the final step); D4RL rows carry ``next_observations`` for
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from aaren_rl.data.d4rl_writer import episode_bounds
@@ -61,10 +63,14 @@ def write_minari(
                 infos={},
             )
         )
-    return minari.create_dataset_from_buffers(
-        dataset_id=dataset_id,
-        buffer=buffers,
-        env=env_id,
-        algorithm_name=algorithm_name,
-        description="D4RL recipe on Gymnasium MuJoCo v5, built by aaren-rl make-dataset",
-    )
+    with warnings.catch_warnings():
+        # Minari asks for author, e-mail and code link; a locally built dataset has none.
+        warnings.filterwarnings("ignore", message=r"`(author|author_email|code_permalink)`")
+        return minari.create_dataset_from_buffers(
+            dataset_id=dataset_id,
+            buffer=buffers,
+            env=env_id,
+            eval_env=env_id,
+            algorithm_name=algorithm_name,
+            description="D4RL recipe on Gymnasium MuJoCo v5, built by aaren-rl make-dataset",
+        )
