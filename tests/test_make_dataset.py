@@ -73,21 +73,26 @@ def _build_args(out: Path, work: Path, *extra: str) -> list[str]:
     ]
 
 
-@pytest.fixture(scope="module")
-def build(tmp_path_factory) -> dict:
+def _run(args: list[str]) -> int:
+    """``aaren-rl ARGS`` in this process with ``--threads 1`` (SAC's small matmuls are far slower
+    with 2 threads on a busy 2-core box), restoring torch's thread count afterwards."""
     import torch
 
-    root = tmp_path_factory.mktemp("make_dataset")
-    out, work = root / "out", root / "work"
     threads = torch.get_num_threads()
     try:
-        # --threads 1: SAC's small matmuls are far slower with 2 threads on a busy 2-core box.
-        first = main(_build_args(out, work, "--train-steps-per-run", "150", "--threads", "1"))
-        progress_after_first = json.loads((work / "progress.json").read_text())
-        files_after_first = sorted(p.name for p in out.glob("*.hdf5"))
-        second = main(_build_args(out, work, "--threads", "1"))
+        return main([*args, "--threads", "1"])
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("make_dataset")
+    out, work = root / "out", root / "work"
+    first = _run(_build_args(out, work, "--train-steps-per-run", "150"))
+    progress_after_first = json.loads((work / "progress.json").read_text())
+    files_after_first = sorted(p.name for p in out.glob("*.hdf5"))
+    second = _run(_build_args(out, work))
     return {
         "out": out,
         "work": work,
@@ -223,10 +228,10 @@ def test_summary_and_references(build):
 def test_rerun_skips_finished_outputs_and_refuses_foreign_files(build, tmp_path, capsys):
     out = build["out"]
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.hdf5")}
-    assert main(_build_args(out, build["work"])) == 0  # same work folder: nothing redone
+    assert _run(_build_args(out, build["work"])) == 0  # same work folder: nothing redone
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.hdf5")} == before
     # Another build (fresh work folder) must not replace these files unasked.
-    code = main(_build_args(out, tmp_path / "other-work"))
+    code = _run(_build_args(out, tmp_path / "other-work"))
     assert code == 2
     err = capsys.readouterr().err
     assert "already exists" in err and "--overwrite" in err and "hopper-random-v5.hdf5" in err
@@ -431,3 +436,15 @@ def test_minari_export_round_trip(tmp_path, monkeypatch):
         assert bool(theirs.truncations[-1]) == (not ep.terminated)
     with pytest.raises(FileExistsError, match="--overwrite"):
         write_minari("aaren/hopper/test-v0", "Hopper-v5", data)
+
+
+def test_medium_replay_rebuilt_from_the_last_checkpoint(build, tmp_path):
+    """Asked for medium-replay later (new --out), the build takes it from the last checkpoint's
+    replay buffer: the same transitions and flags as written at the snapshot."""
+    args = _build_args(tmp_path / "out2", build["work"])
+    args[args.index("--levels") + 1] = "medium-replay"
+    assert _run(args) == 0
+    again = _read(tmp_path / "out2" / "hopper-medium-replay-v5.hdf5")
+    first = _read(build["out"] / "hopper-medium-replay-v5.hdf5")
+    for key in ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations"):
+        np.testing.assert_array_equal(again[key], first[key])

@@ -383,6 +383,20 @@ class Build:
                 data = replay_buffer_to_arrays(buf, n, unscale=model.policy.unscale_action)
                 self.write_dataset("medium-replay", data, {}, extra={"sac_step": int(n)})
 
+    def replay_from_checkpoint(self) -> None:
+        """Write medium-replay from the last checkpoint's replay buffer, which still holds every
+        transition up to the medium snapshot (the buffer never wraps)."""
+        medium, ckpt = self.progress.fields.get("medium"), self.progress.fields.get("checkpoint")
+        if not medium or not ckpt or not Path(ckpt, "replay_buffer.pkl").exists():
+            return
+        from stable_baselines3 import SAC
+
+        model = SAC.load(Path(ckpt, "sac.zip"), device="cpu")
+        model.load_replay_buffer(Path(ckpt, "replay_buffer.pkl"))
+        n = medium["buffer_transitions"]
+        data = replay_buffer_to_arrays(model.replay_buffer, n, unscale=model.policy.unscale_action)
+        self.write_dataset("medium-replay", data, {}, extra={"sac_step": int(n)})
+
     def save_checkpoint(self, model) -> None:
         """Model + replay buffer in a fresh folder, then point progress.json at it."""
         step = int(model.num_timesteps)
@@ -595,6 +609,10 @@ class Build:
                 f"{self.progress.fields['num_timesteps']}; run the same command again to continue"
             )
             return 0
+        if "medium-replay" in todo and not self.progress.output_done(
+            self.dataset_path("medium-replay")
+        ):
+            self.replay_from_checkpoint()
         if "medium-replay" in todo and not self.progress.output_done(
             self.dataset_path("medium-replay")
         ):
