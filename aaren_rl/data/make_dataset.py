@@ -238,7 +238,7 @@ class Build:
         self.compression = None if args.compression == "none" else args.compression
         self.log = print if not args.quiet else (lambda *a, **k: None)
         self.summary_path = (
-            self.out / f"{self.task}-v5{'-' + args.suffix if args.suffix else ''}-summary.json"
+            self.out / f"{self.task}{'-' + args.suffix if args.suffix else ''}-v5-summary.json"
         )
         self.refs_path = self.out / f"{self.task}-v5-references.json"
 
