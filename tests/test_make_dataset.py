@@ -376,6 +376,9 @@ def test_writer_round_trip_casts_and_is_atomic(tmp_path):
         assert f["observations"].compression == "gzip"
         assert f["metadata/nested/value"][()] == 1.5
     assert sorted(os.listdir(tmp_path)) == ["x.hdf5"]  # no temporary file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # readable like any file, not 0o600
     assert episode_bounds(d["terminals"], d["timeouts"]) == [(0, 2), (2, 5)]
 
 

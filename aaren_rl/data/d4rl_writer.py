@@ -122,11 +122,20 @@ def write_d4rl(
                     group.create_dataset(key, data=np.asarray(value), compression=compression)
             if metadata:
                 _write_metadata(f.create_group("metadata"), metadata)
+        os.chmod(tmp_name, default_file_mode())
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return path
+
+
+def default_file_mode() -> int:
+    """The mode a plain ``open(..., "w")`` would give (0o666 less the umask): ``mkstemp`` makes
+    0o600 files, which other users of a shared data folder could not read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def episode_bounds(terminals: np.ndarray, timeouts: np.ndarray) -> list[tuple[int, int]]:

@@ -39,7 +39,7 @@ from aaren_rl.data.behaviour import (
     sb3_policy,
     uniform_policy,
 )
-from aaren_rl.data.d4rl_writer import episode_bounds, write_d4rl
+from aaren_rl.data.d4rl_writer import default_file_mode, episode_bounds, write_d4rl
 from aaren_rl.data.paths import data_dir
 
 
@@ -192,6 +192,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    os.chmod(tmp, default_file_mode())
     os.replace(tmp, path)
 
 
