@@ -110,6 +110,9 @@ def test_write_is_atomic_and_a_failed_write_keeps_the_old_file(tmp_path):
     path = _save(tmp_path / "ckpt.pt", model, optim, sched)
     before = path.read_bytes()
     assert os.listdir(tmp_path) == ["ckpt.pt"]  # no temp file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # the usual mode, not mkstemp's 0600
 
     class Unpicklable:
         def __reduce__(self):
