@@ -153,7 +153,11 @@ def test_full_mode_refuses_episodes_longer_than_max_len():
     message = str(err.value)
     assert "hand" in message and "3 steps" in message and "max_len=2" in message
     assert "mode='prefix'" in message
-    assert PrefixSampler(ds, max_len=3, mode="full").sample(4).mask.shape[1] == 3
+    # at max_len=3 it is accepted: whole episodes, padded to the longest one drawn (or max_len)
+    batch = PrefixSampler(ds, max_len=3, mode="full", seed=0).sample(4)
+    assert batch.mask.shape[1] == batch.mask.sum(1).max() <= 3
+    fixed = PrefixSampler(ds, max_len=3, mode="full", seed=0, pad_to_max_len=True).sample(4)
+    assert fixed.mask.shape[1] == 3
 
 
 def test_episodes_of_different_sizes():
