@@ -85,20 +85,38 @@ def _run(args: list[str]) -> int:
         torch.set_num_threads(threads)
 
 
+def _has_minari() -> bool:
+    try:
+        import minari  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 @pytest.fixture(scope="module")
 def build(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("make_dataset")
     out, work = root / "out", root / "work"
-    first = _run(_build_args(out, work, "--train-steps-per-run", "150"))
-    progress_after_first = json.loads((work / "progress.json").read_text())
-    files_after_first = sorted(p.name for p in out.glob("*.hdf5"))
-    second = _run(_build_args(out, work))
+    minari_dir = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(root / "minari")
+    extra = ("--minari",) if _has_minari() else ()
+    try:
+        first = _run(_build_args(out, work, "--train-steps-per-run", "150", *extra))
+        progress_after_first = json.loads((work / "progress.json").read_text())
+        files_after_first = sorted(p.name for p in out.glob("*.hdf5"))
+        second = _run(_build_args(out, work, *extra))
+    finally:
+        if minari_dir is None:
+            os.environ.pop("MINARI_DATASETS_PATH", None)
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = minari_dir
     return {
         "out": out,
         "work": work,
         "codes": (first, second),
         "progress_after_first": progress_after_first,
         "files_after_first": files_after_first,
+        "minari_dir": root / "minari",
     }
 
 
@@ -413,6 +431,22 @@ def test_unknown_task_and_level_are_clear_errors(tmp_path):
         main(["make-dataset", "pogo", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="unknown level"):
         main(["make-dataset", "hopper", "--levels", "medium,great", "--out", str(tmp_path)])
+
+
+def test_build_also_writes_minari_datasets(build, monkeypatch):
+    minari = pytest.importorskip("minari")
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(build["minari_dir"]))
+    for level in LEVELS:
+        ours = _read(build["out"] / f"hopper-{level}-v5.hdf5")
+        theirs = minari.load_dataset(f"aaren/hopper/{level}-v0")
+        lengths = ours["metadata/episode_lengths"]
+        assert theirs.total_episodes == len(lengths) and theirs.total_steps == len(ours["rewards"])
+        starts = np.r_[0, np.cumsum(lengths)[:-1]]
+        for s, n, ep in zip(starts, lengths, theirs.iterate_episodes(), strict=True):
+            np.testing.assert_array_equal(ep.observations[:-1], ours["observations"][s : s + n])
+            np.testing.assert_array_equal(ep.observations[-1], ours["next_observations"][s + n - 1])
+            np.testing.assert_array_equal(ep.actions, ours["actions"][s : s + n])
+            np.testing.assert_array_equal(ep.terminations, ours["terminals"][s : s + n])
 
 
 def test_minari_export_round_trip(tmp_path, monkeypatch):
