@@ -3,7 +3,7 @@
 # aaren-rl on a 2-core CPU. Each command resumes from its last checkpoint when run again and
 # skips datasets it already wrote. Datasets go to data/d4rl, checkpoints and TensorBoard logs
 # to runs/make-dataset/<task>-seed0, logs to runs/logs.
-#   scripts/build_datasets.sh hopper      # SAC 250k steps: medium, medium-replay, expert, medium-expert, random
+#   scripts/build_datasets.sh hopper      # SAC 300k steps: medium, medium-replay, expert, medium-expert, random
 #   scripts/build_datasets.sh others      # halfcheetah then walker2d, SAC only up to medium
 #   scripts/build_datasets.sh small       # the shipped hopper-medium-small-v5 (needs the hopper medium policy)
 set -euo pipefail
@@ -16,7 +16,7 @@ case "${1:-}" in
   hopper)
     "$AAREN" make-dataset hopper "${COMMON[@]}" \
       --levels medium-replay,medium,expert,medium-expert,random \
-      --total-steps 250000 --transitions 1000000
+      --total-steps 300000 --transitions 1000000
     ;;
   others)
     for task in halfcheetah walker2d; do

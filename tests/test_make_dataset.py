@@ -364,6 +364,13 @@ def test_replay_buffer_conversion_flags_by_hand():
     assert len(replay_buffer_to_arrays(buf, 3)["rewards"]) == 3
     with pytest.raises(ValueError, match="holds 6"):
         replay_buffer_to_arrays(buf, 7)
+    # A later call with a larger --total-steps grows the buffer and keeps every transition.
+    from aaren_rl.data.make_dataset import grow_replay_buffer
+
+    big = grow_replay_buffer(buf, 25)
+    assert big.buffer_size == 25 and big.pos == 6 and not big.full
+    for key, value in replay_buffer_to_arrays(big).items():
+        np.testing.assert_array_equal(value, d[key])
 
 
 def _arrays(n: int = 5) -> dict[str, np.ndarray]:

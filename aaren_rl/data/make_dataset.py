@@ -326,10 +326,10 @@ class Build:
         start = model.num_timesteps
         target = args.total_steps
         if model.replay_buffer.buffer_size < target:
-            raise SystemExit(
-                f"make-dataset: the checkpoint's replay buffer holds {model.replay_buffer.buffer_size} "
-                f"steps but --total-steps is {target}; keep --total-steps of the first run"
-            )
+            # A later call asked for more steps than the first one: grow the buffer, keeping
+            # every stored transition (medium-replay needs all of them).
+            model.replay_buffer = grow_replay_buffer(model.replay_buffer, target)
+            model.buffer_size = target
         if not to_expert and prog.get("medium"):
             return True
         if start >= target:
@@ -645,6 +645,26 @@ class Build:
         self.write_summary()
         self.log(f"[make-dataset] done; summary in {self.summary_path}")
         return 0
+
+
+def grow_replay_buffer(buffer, size: int):
+    """A copy of an SB3 ``ReplayBuffer`` (not wrapped around) with room for ``size`` steps."""
+    if buffer.full and buffer.pos != 0:
+        raise ValueError("cannot grow a replay buffer that has wrapped around")
+    n = buffer.buffer_size if buffer.full else buffer.pos
+    bigger = type(buffer)(
+        size,
+        buffer.observation_space,
+        buffer.action_space,
+        device=buffer.device,
+        n_envs=buffer.n_envs,
+        handle_timeout_termination=buffer.handle_timeout_termination,
+    )
+    for name in ("observations", "next_observations", "actions", "rewards", "dones", "timeouts"):
+        getattr(bigger, name)[:n] = getattr(buffer, name)[:n]
+    bigger.pos = n
+    bigger.full = n == size
+    return bigger
 
 
 def _stats(
