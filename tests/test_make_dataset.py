@@ -282,7 +282,8 @@ def test_just_d4rl_reads_the_file(build, tmp_path, monkeypatch):
 
 
 def test_our_reader_reads_the_file(build):
-    load_d4rl = pytest.importorskip("aaren_rl.data.d4rl_reader").load_d4rl
+    from aaren_rl.data.d4rl_reader import load_d4rl
+
     ours = _read(build["out"] / "hopper-medium-expert-v5.hdf5")
     dataset = load_d4rl(
         build["out"] / "hopper-medium-expert-v5.hdf5", env_spaces=gym.make("Hopper-v5")
