@@ -72,8 +72,8 @@ def train_one(
     seed: int,
     args: argparse.Namespace,
     dataset_cache: dict[str, Any],
-) -> dict[str, Any]:
-    """Train (or resume, or skip) one run and return its metrics.json content."""
+) -> dict[str, Any] | None:
+    """Train (or resume, or skip) one run; its metrics.json content (None: --no-train)."""
     from aaren_rl.agents.train_cli import resolve_agent, run_training
     from aaren_rl.data.tasks import load_task
 
@@ -94,6 +94,9 @@ def train_one(
     if done is not None:
         print(f"skip  {spec.name} {label} seed {seed}: finished ({out})", flush=True)
         return done
+    if args.no_train:
+        print(f"miss  {spec.name} {label} seed {seed}: not finished ({out})", flush=True)
+        return None
     print(f"train {spec.name} {label} seed {seed} for {steps} steps -> {out}", flush=True)
     if dataset_cache[task_name][1] is None:
         dataset_cache[task_name][1] = spec.load_dataset()
@@ -247,6 +250,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument(
+        "--no-train", action="store_true", help="only tabulate the runs that already finished"
+    )
+    p.add_argument(
         "--time-steps",
         type=int,
         default=0,
@@ -279,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
             for agent in args.agents:
                 metrics = train_one(agent, task, seed, args, cache)
                 name = cache[task][0].name
-                results.setdefault((name, parse_agent(agent)[2]), []).append(metrics)
+                runs = results.setdefault((name, parse_agent(agent)[2]), [])
+                if metrics is not None:
+                    runs.append(metrics)
     import torch
 
     steps = sorted({r["step"] for runs in results.values() for r in runs})

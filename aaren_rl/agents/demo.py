@@ -124,7 +124,7 @@ def write_plot(path: Path, costs: dict[str, dict[str, Any]], title: str) -> Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--steps", type=int, default=None, help="training steps (preset: 400)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (preset: 300)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (runs/demo)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda:0")
     parser.add_argument("--seed", type=int, default=0)
