@@ -242,6 +242,7 @@ class Build:
             self.out / f"{self.task}{'-' + args.suffix if args.suffix else ''}-v5-summary.json"
         )
         self.refs_path = self.out / f"{self.task}-v5-references.json"
+        self.policy_used: dict[str, dict[str, Any]] = {}
 
     # ---- paths
     def dataset_path(self, level: str) -> Path:
@@ -438,6 +439,7 @@ class Build:
         else:
             model = SAC.load(self.policy_path(level), device=self.args.device)
             act = sb3_policy(model, deterministic=False)
+            self.policy_used[level] = _file_info(self.policy_path(level))
         return collect_episodes(
             self.make_env,
             act,
@@ -473,6 +475,7 @@ class Build:
             "episode_returns": returns,
             "episode_lengths": lengths,
             "versions": _versions(),
+            **({"policy": self.policy_used[level]} if level in self.policy_used else {}),
             **(extra or {}),
         }
         write_d4rl(
@@ -540,8 +543,13 @@ class Build:
             "task": self.task,
             "env_id": self.env_id,
             "seed": self.args.seed,
-            "sac_total_steps": self.args.total_steps,
+            "sac_steps_trained_here": self.progress.fields.get("num_timesteps", 0),
             "medium": self.progress.fields.get("medium"),
+            "policies": {
+                level: _file_info(self.policy_path(level))
+                for level in ("medium", "expert")
+                if self.policy_path(level).exists()
+            },
             "references": refs,
             "datasets": datasets,
         }
@@ -665,6 +673,17 @@ def grow_replay_buffer(buffer, size: int):
     bigger.pos = n
     bigger.full = n == size
     return bigger
+
+
+def _file_info(path: Path) -> dict[str, Any]:
+    """Name, size and SHA-256 of a file (to tie a dataset to the policy that made it)."""
+    import hashlib
+
+    return {
+        "file": path.name,
+        "bytes": path.stat().st_size,
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+    }
 
 
 def _stats(
