@@ -24,7 +24,7 @@ case "${1:-}" in
   others)
     for task in halfcheetah walker2d; do
       "$AAREN" make-dataset "$task" "${COMMON[@]}" \
-        --levels medium-replay,medium --total-steps 230000 --transitions 1000000
+        --levels medium-replay,medium --total-steps 300000 --transitions 1000000
     done
     ;;
   small)
