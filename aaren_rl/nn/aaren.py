@@ -21,6 +21,7 @@ from aaren_rl.nn.aaren_attention import (
     initial_aaren_state,
     reset_aaren_state,
 )
+from aaren_rl.nn.residual import ResidualBlock
 
 Method = Literal["scan", "reference"]
 AarenBackboneState = tuple[AarenState, ...]
@@ -121,10 +122,11 @@ class AarenAttention(nn.Module):
         return initial_aaren_state(batch_size, self.n_heads, self.head_dim, device, dtype)
 
 
-class AarenBlock(nn.Module):
+class AarenBlock(ResidualBlock):
     """Aaren then a feed-forward, each with LayerNorm, dropout and a residual.
 
-    The layout of ``torch.nn.TransformerEncoderLayer`` with the self-attention swapped for
+    The layout of ``torch.nn.TransformerEncoderLayer`` (shared with the Transformer baseline
+    through :class:`~aaren_rl.nn.residual.ResidualBlock`) with the self-attention swapped for
     Aaren, so the two have the same parameters but for Aaren's learned query (``d_model``).
     ``norm_first=True`` is pre-norm, ``False`` post-norm.
     """
@@ -139,35 +141,8 @@ class AarenBlock(nn.Module):
         activation: str = "relu",
         chunk_size: int = 64,
     ) -> None:
-        super().__init__()
-        d_ff = d_ff or 4 * d_model
+        super().__init__(d_model, d_ff or 4 * d_model, dropout, norm_first, activation)
         self.attn = AarenAttention(d_model, n_heads, chunk_size)
-        self.linear1 = nn.Linear(d_model, d_ff)
-        self.linear2 = nn.Linear(d_ff, d_model)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)  # inside the feed-forward
-        self.dropout1 = nn.Dropout(dropout)  # on the attention branch
-        self.dropout2 = nn.Dropout(dropout)  # on the feed-forward branch
-        acts = {"relu": nn.ReLU(), "gelu": nn.GELU()}
-        if activation not in acts:
-            raise ValueError(f"activation must be one of {sorted(acts)}, got {activation!r}")
-        self.activation = acts[activation]
-        self.norm_first = norm_first
-
-    def _ff(self, x: Tensor) -> Tensor:
-        return self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x)))))
-
-    def _residual(self, x: Tensor, attend) -> tuple[Tensor, AarenState]:
-        if self.norm_first:
-            a, state = attend(self.norm1(x))
-            x = x + self.dropout1(a)
-            x = x + self._ff(self.norm2(x))
-        else:
-            a, state = attend(x)
-            x = self.norm1(x + self.dropout1(a))
-            x = self.norm2(x + self._ff(x))
-        return x, state
 
     def forward(
         self,
@@ -178,11 +153,11 @@ class AarenBlock(nn.Module):
         method: Method = "scan",
     ) -> tuple[Tensor, AarenState]:
         """``x [batch, time, d_model]`` -> ``(y [batch, time, d_model], state)``."""
-        return self._residual(x, lambda h: self.attn(h, state, resets, mask, method))
+        return self.residual(x, lambda h: self.attn(h, state, resets, mask, method))
 
     def step(self, x: Tensor, state: AarenState) -> tuple[Tensor, AarenState]:
         """``x [batch, d_model]`` -> ``(y [batch, d_model], state)``."""
-        return self._residual(x, lambda h: self.attn.step(h, state))
+        return self.residual(x, lambda h: self.attn.step(h, state))
 
 
 class AarenBackbone(nn.Module):

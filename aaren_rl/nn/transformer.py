@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aaren_rl.nn.residual import ResidualBlock
+
 StepMode = Literal["kv_cache", "recompute"]
 _STEP_MODES = ("kv_cache", "recompute")
 # kv_cache: {"k": tuple of [B, H, L, d_head] per layer, "v": same, "valid": [B, L] bool}
@@ -164,14 +166,12 @@ class CausalSelfAttention(nn.Module):
         return self.out(y), k, v
 
 
-_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
-
-
-class TransformerBlock(nn.Module):
+class TransformerBlock(ResidualBlock):
     """Self-attention then a feed-forward, each with LayerNorm, dropout and a residual.
 
     Pre-norm (``x + f(norm(x))``) or post-norm (``norm(x + f(x))``), exactly
-    ``torch.nn.TransformerEncoderLayer`` with a causal mask.
+    ``torch.nn.TransformerEncoderLayer`` with a causal mask (the residual layout is
+    :class:`~aaren_rl.nn.residual.ResidualBlock`, shared with Aaren).
     """
 
     def __init__(
@@ -183,23 +183,8 @@ class TransformerBlock(nn.Module):
         norm_first: bool,
         activation: str = "relu",
     ) -> None:
-        super().__init__()
-        if activation not in _ACTIVATIONS:
-            raise ValueError(
-                f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}"
-            )
+        super().__init__(d_model, d_ff, dropout, norm_first, activation)
         self.attn = CausalSelfAttention(d_model, n_heads, dropout)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.ff = nn.Sequential(
-            nn.Linear(d_model, d_ff),
-            _ACTIVATIONS[activation](),
-            nn.Dropout(dropout),
-            nn.Linear(d_ff, d_model),
-        )
-        self.drop1 = nn.Dropout(dropout)
-        self.drop2 = nn.Dropout(dropout)
-        self.norm_first = norm_first
 
     def forward(
         self,
@@ -209,15 +194,7 @@ class TransformerBlock(nn.Module):
         allowed: AttentionBias | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``x [batch, T, d_model] -> (y [batch, T, d_model], k, v [batch, heads, L+T, d_head])``."""
-        if self.norm_first:
-            a, k, v = self.attn(self.norm1(x), past_k, past_v, allowed)
-            x = x + self.drop1(a)
-            x = x + self.drop2(self.ff(self.norm2(x)))
-        else:
-            a, k, v = self.attn(x, past_k, past_v, allowed)
-            x = self.norm1(x + self.drop1(a))
-            x = self.norm2(x + self.drop2(self.ff(x)))
-        return x, k, v
+        return self.residual(x, lambda h: self.attn(h, past_k, past_v, allowed))
 
 
 class TransformerBackbone(nn.Module):
