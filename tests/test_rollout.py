@@ -60,14 +60,6 @@ BACKBONES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_model(seed: int = 0, **overrides) -> DecisionModel:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
