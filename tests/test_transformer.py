@@ -17,17 +17,6 @@ from aaren_rl.nn.transformer import (
     attention_mask,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: extra threads only wait on cores that other jobs hold (on a busy
-    2-core machine this file took 90 s with 2 threads, 8 s with 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 F64 = dict(atol=1e-10, rtol=0.0)
 F32 = dict(atol=1e-5, rtol=1e-5)
 
