@@ -105,6 +105,17 @@ def build(tmp_path_factory) -> dict:
         progress_after_first = json.loads((work / "progress.json").read_text())
         files_after_first = sorted(p.name for p in out.glob("*.hdf5"))
         second = _run(_build_args(out, work, *extra))
+        from stable_baselines3 import SAC
+
+        expert_steps_after_second = SAC.load(
+            out / "policies" / "hopper-expert-sac.zip"
+        ).num_timesteps
+        # A re-run asking for more SAC steps trains on from the checkpoint (growing the replay
+        # buffer) and replaces the expert policy and the datasets made from it.
+        more = _build_args(out, work, "--overwrite", *extra)
+        more[more.index("--total-steps") + 1] = str(TOTAL_STEPS + 100)
+        more[more.index("--levels") + 1] = "expert,medium-expert"
+        third = _run(more)
     finally:
         if minari_dir is None:
             os.environ.pop("MINARI_DATASETS_PATH", None)
@@ -113,7 +124,8 @@ def build(tmp_path_factory) -> dict:
     return {
         "out": out,
         "work": work,
-        "codes": (first, second),
+        "codes": (first, second, third),
+        "expert_steps_after_second": expert_steps_after_second,
         "progress_after_first": progress_after_first,
         "files_after_first": files_after_first,
         "minari_dir": root / "minari",
@@ -131,7 +143,7 @@ def _read(path: Path) -> dict[str, np.ndarray]:
 
 
 def test_build_writes_every_level_in_d4rl_layout(build):
-    assert build["codes"] == (0, 0)
+    assert build["codes"] == (0, 0, 0)
     for level in LEVELS:
         d = _read(build["out"] / f"hopper-{level}-v5.hdf5")
         n = len(d["rewards"])
@@ -215,13 +227,26 @@ def test_interrupted_build_resumes_from_its_checkpoint(build):
     assert "hopper-expert-v5.hdf5" not in build["files_after_first"]
     from stable_baselines3 import SAC
 
+    assert build["expert_steps_after_second"] == TOTAL_STEPS
+    # The third call asked for 100 more steps: it went on from the checkpoint at 300.
     expert = SAC.load(build["out"] / "policies" / "hopper-expert-sac.zip", device="cpu")
-    assert expert.num_timesteps == TOTAL_STEPS
+    assert expert.num_timesteps == TOTAL_STEPS + 100
     final = json.loads((build["work"] / "progress.json").read_text())
-    assert final["num_timesteps"] == TOTAL_STEPS
-    # The resumed run continued the same replay buffer: 300 transitions, not 150.
-    assert Path(final["checkpoint"]).name == f"step-{TOTAL_STEPS:09d}"
+    assert final["num_timesteps"] == TOTAL_STEPS + 100
+    assert Path(final["checkpoint"]).name == f"step-{TOTAL_STEPS + 100:09d}"
+    # Its replay buffer grew and holds every transition since step 0.
+    expert.load_replay_buffer(Path(final["checkpoint"]) / "replay_buffer.pkl")
+    buffer = expert.replay_buffer
+    assert buffer.buffer_size == TOTAL_STEPS + 100
+    assert buffer.full and buffer.pos == 0  # exactly full: SB3 wraps pos to 0 at the end
+    assert len(replay_buffer_to_arrays(buffer)["rewards"]) == TOTAL_STEPS + 100
     assert not (build["work"] / "checkpoints" / "step-000000150").exists()
+    with h5py.File(build["out"] / "hopper-expert-v5.hdf5") as f:
+        sha = f["metadata/policy/sha256"][()].decode()
+    import hashlib
+
+    policy = (build["out"] / "policies" / "hopper-expert-sac.zip").read_bytes()
+    assert sha == hashlib.sha256(policy).hexdigest()  # the expert data is the new policy's
 
 
 def test_summary_and_references(build):

@@ -290,9 +290,14 @@ class Build:
             and not self.policy_path("medium").exists()
         )
         need_replay = "medium-replay" in todo
-        need_expert = (
-            any(lv in todo for lv in ("expert", "medium-expert"))
-            and not self.policy_path("expert").exists()
+        # A build that trains its own SAC and is asked for more steps than it has trained
+        # (a larger --total-steps on a re-run) trains on and replaces its expert policy.
+        trained = self.progress.fields.get("num_timesteps", 0)
+        more_steps = (
+            bool(self.progress.fields.get("checkpoint")) and trained < self.args.total_steps
+        )
+        need_expert = any(lv in todo for lv in ("expert", "medium-expert")) and (
+            not self.policy_path("expert").exists() or more_steps
         )
         return (need_medium or need_replay or need_expert), need_expert
 
