@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from aaren_rl.cli import add_threads_argument, apply_threads
 from aaren_rl.nn.backbone import state_nbytes
 
 TRAIN_LENGTHS = (256, 512, 1024, 2048, 4096, 8192)
@@ -108,13 +109,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda:0")
     parser.add_argument("--dtype", choices=["float32", "float64", "bfloat16"], default="float32")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch CPU threads (default: torch's). On a machine shared with other jobs use 1: "
-        "extra threads then wait on busy cores and small ops slow down by orders of magnitude",
-    )
+    add_threads_argument(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="output folder")
     parser.add_argument(
@@ -486,8 +481,7 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(f"--{name.replace('_', '-')} must be at least 1")
     if args.d_model % args.n_heads:
         raise SystemExit(f"--d-model {args.d_model} must be a multiple of --n-heads {args.n_heads}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:

@@ -17,6 +17,36 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def _threads(value: str) -> int:
+    n = int(value)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"--threads must be >= 0 (0: torch's own choice), got {n}")
+    return n
+
+
+def add_threads_argument(parser: argparse.ArgumentParser, default: int = 0) -> None:
+    """``--threads N``: torch's intra-op CPU threads for a sub-command (0: torch's own choice).
+
+    On a machine shared with other jobs 1 is often fastest for these small models: extra
+    threads wait on busy cores and small operations slow down by orders of magnitude.
+    """
+    parser.add_argument(
+        "--threads",
+        type=_threads,
+        default=default,
+        help=f"torch CPU threads (0: torch's own choice; 1 is often fastest on a shared CPU; "
+        f"default {default})",
+    )
+
+
+def apply_threads(threads: int) -> None:
+    """Set torch's intra-op thread count; 0 keeps torch's own choice."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aaren-rl", description=__doc__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

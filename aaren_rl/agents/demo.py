@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from aaren_rl.cli import add_threads_argument, apply_threads
+
 DEFAULT_TASK = "hopper-medium-small"
 DEFAULT_OUT = Path("runs") / "demo"
 MARKER = "aaren-rl demo"
@@ -134,17 +136,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--profile-steps", type=int, default=1000, help="t = 1..N for the timing (1000)"
     )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch CPU threads (1: fastest for this small model on a shared CPU; 0: torch's own)",
-    )
+    add_threads_argument(parser, default=1)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from aaren_rl.agents.checkpoint import CheckpointError
     from aaren_rl.agents.rollout import evaluate_agent
@@ -152,8 +148,7 @@ def run(args: argparse.Namespace) -> int:
     from aaren_rl.agents.trainer import task_to_dict, write_json_atomic
     from aaren_rl.data.tasks import load_task
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     out = Path(args.out)
     try:
         _check_outputs_are_ours(out)

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from aaren_rl.cli import add_threads_argument, apply_threads
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -49,9 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="NextStep",
         help="Gymnasium vector autoreset mode (both give the same episodes)",
     )
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
-    )
+    add_threads_argument(parser)
     parser.add_argument(
         "--profile-steps",
         type=int,
@@ -109,8 +109,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None and args.json.exists() and not args.force:
         print(f"error: {args.json}: already exists; pass --force to overwrite it", file=sys.stderr)
         return 2
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         model, info = load_agent(args.checkpoint, device=device)

@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from aaren_rl import presets
@@ -29,6 +28,7 @@ from aaren_rl.agents.trainer import (
     seed_everything,
     setup_distributed,
 )
+from aaren_rl.cli import add_threads_argument, apply_threads
 
 AGENT_KEYS = ("name", "description", "model", "train", "protocols")
 
@@ -211,21 +211,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="override one preset value, e.g. --set train.batch_size=32 (repeatable)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="torch CPU threads per process (0: torch's own choice; 1 is often fastest for "
-        "this small model on a shared CPU)",
-    )
+    add_threads_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads < 0:
-        print("aaren-rl train: error: --threads must be >= 0", file=sys.stderr)
-        return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     try:
         result = run_training(
             args.agent,

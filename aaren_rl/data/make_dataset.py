@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from aaren_rl.cli import add_threads_argument, apply_threads
 from aaren_rl.data.behaviour import (
     Episode,
     collect_episodes,
@@ -133,7 +134,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minari", action="store_true", help="also write Minari datasets")
     parser.add_argument("--overwrite", action="store_true", help="replace existing datasets")
     parser.add_argument("--device", default="auto", help="torch device for SAC (auto|cpu|cuda)")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    add_threads_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -799,10 +800,7 @@ def _BuildCallback(*a, **k):  # noqa: N802 - built lazily so SB3 is imported onl
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``aaren-rl make-dataset``."""
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     try:
         return Build(args).run()
     except FileExistsError as exc:
