@@ -95,6 +95,15 @@ def combine(a: AarenState, b: AarenState) -> AarenState:
     return AarenState(m, a.u * ea + b.u * eb, a.w * ea.unsqueeze(-1) + b.w * eb.unsqueeze(-1))
 
 
+def _where_state(cond: Tensor, a: AarenState, b: AarenState) -> AarenState:
+    """``a`` where ``cond`` (shaped like ``m``, broadcastable) is True, else ``b``."""
+    return AarenState(
+        torch.where(cond, a.m, b.m),
+        torch.where(cond, a.u, b.u),
+        torch.where(cond[..., None], a.w, b.w),
+    )
+
+
 def read_out(state: AarenState) -> Tensor:
     """The attention output ``w / u`` (``[..., head_dim]``); zeros where the memory is empty."""
     u = state.u.unsqueeze(-1)
@@ -207,13 +216,7 @@ def _segmented_inclusive_scan(flags: Tensor, st: AarenState) -> tuple[Tensor, Aa
             torch.nn.functional.pad(st.u, (0, 0, offset, 0))[:, :n],
             torch.nn.functional.pad(st.w, (0, 0, 0, 0, offset, 0))[:, :n],
         )
-        merged = combine(prev, st)
-        keep = flags[:, :, None]
-        st = AarenState(
-            torch.where(keep, st.m, merged.m),
-            torch.where(keep, st.u, merged.u),
-            torch.where(keep[..., None], st.w, merged.w),
-        )
+        st = _where_state(flags[:, :, None], st, combine(prev, st))
         flags = flags | prev_flags
         offset *= 2
     return flags, st
@@ -295,12 +298,7 @@ def aaren_scan(
         ),
         local,
     )
-    cut = (seg > 0)[:, None]  # [B,1,N,C]
-    full = AarenState(
-        torch.where(cut, local.m, merged.m),
-        torch.where(cut, local.u, merged.u),
-        torch.where(cut[..., None], local.w, merged.w),
-    )
+    full = _where_state((seg > 0)[:, None], local, merged)  # cut: [B,1,N,C]
     out = read_out(full)  # [B,H,N,C,Dh]
     out = out.permute(0, 2, 3, 1, 4).reshape(batch, n_chunks * c, heads, head_dim)[:, :t_len]
     final = AarenState(full.m[:, :, -1, -1], full.u[:, :, -1, -1], full.w[:, :, -1, -1])
@@ -328,8 +326,9 @@ def aaren_step(
 def reset_aaren_state(state: AarenState, done: Tensor) -> AarenState:
     """Empty the memory of the rows where ``done [batch]`` is True; other rows are untouched."""
     d = done.to(torch.bool).view(-1, *([1] * (state.m.dim() - 1)))
-    return AarenState(
-        torch.where(d, torch.full_like(state.m, float("-inf")), state.m),
-        torch.where(d, torch.zeros_like(state.u), state.u),
-        torch.where(d[..., None], torch.zeros_like(state.w), state.w),
+    empty = AarenState(
+        torch.full_like(state.m, float("-inf")),
+        torch.zeros_like(state.u),
+        torch.zeros_like(state.w),
     )
+    return _where_state(d, empty, state)
