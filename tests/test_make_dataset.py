@@ -518,3 +518,34 @@ def test_medium_replay_rebuilt_from_the_last_checkpoint(build, tmp_path):
     first = _read(build["out"] / "hopper-medium-replay-v5.hdf5")
     for key in ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations"):
         np.testing.assert_array_equal(again[key], first[key])
+
+
+def test_expert_policy_best_keeps_the_best_evaluated_policy(build, tmp_path):
+    """With ``--expert-policy best`` a run that trains on from the checkpoint records every
+    evaluation past the medium snapshot, and the expert policy (and the expert data rolled out
+    from it) is the one of the best evaluation, not the last."""
+    from stable_baselines3 import SAC
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    shutil.copytree(build["out"], out)
+    shutil.copytree(build["work"], work)
+    progress = json.loads((work / "progress.json").read_text())
+    # resume from the copied checkpoint, not the fixture's
+    progress["checkpoint"] = str(work / Path(progress["checkpoint"]).relative_to(build["work"]))
+    (work / "progress.json").write_text(json.dumps(progress))
+    start, total = TOTAL_STEPS + 100, TOTAL_STEPS + 400
+    args = _build_args(out, work, "--overwrite", "--expert-policy", "best")
+    args[args.index("--total-steps") + 1] = str(total)
+    args[args.index("--levels") + 1] = "expert"
+    assert _run(args) == 0
+
+    progress = json.loads((work / "progress.json").read_text())
+    evals = [e for e in progress["expert_evals"] if e[0] > start]
+    assert [e[0] for e in evals] == list(range(start + 100, total + 1, 100))
+    best_step, best_mean, _ = max(evals, key=lambda e: e[1])
+    assert progress["expert_best"]["step"] == best_step
+    assert progress["expert_best"]["eval_return"] == best_mean
+    expert = SAC.load(out / "policies" / "hopper-expert-sac.zip", device="cpu")
+    assert expert.num_timesteps == best_step
+    with h5py.File(out / "hopper-expert-v5.hdf5") as f:
+        assert int(f["metadata/policy/sac_step"][()]) == best_step

@@ -5,7 +5,11 @@ One SAC behaviour policy is trained per task. Every ``--eval-freq`` steps it is 
 ``--medium-fraction`` of the expert reference (D4RL v2's, unless ``--expert-return`` is given)
 the policy is saved as *medium* and the replay buffer up to that step becomes *medium-replay*.
 Training then goes on to ``--total-steps`` for the *expert* policy (or stops at medium when no
-level needs the expert). Each policy is rolled out for ``--transitions`` steps with actions
+level needs the expert). The expert is the final policy, as in D4RL, or with ``--expert-policy
+best`` the best-evaluated one after the medium snapshot (SAC's evaluation return swings by
+thousands between evaluations on Hopper when the budget is far below D4RL's 1M steps; every
+evaluation is kept in ``progress.json``, and the dataset's own returns are what report the
+level). Each policy is rolled out for ``--transitions`` steps with actions
 sampled from its stochastic policy; *random* draws actions uniformly; *medium-expert* is medium
 followed by expert. Files (D4RL HDF5, optionally Minari) are written atomically and never
 replace an existing file unless ``--overwrite``; the v5 reference scores measured here (random
@@ -114,6 +118,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-freq", type=int, default=5_000, help="SAC steps between evals")
     parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument(
+        "--expert-policy",
+        choices=("final", "best"),
+        default="final",
+        help="expert = the policy at --total-steps (D4RL) or the best-evaluated one past medium",
+    )
     parser.add_argument("--checkpoint-freq", type=int, default=10_000)
     parser.add_argument("--learning-starts", type=int, default=10_000, help="SAC random steps")
     parser.add_argument("--batch-size", type=int, default=256)
@@ -354,7 +364,8 @@ class Build:
         if callback.stopped_early:
             return False
         if to_expert and model.num_timesteps >= target:
-            self.save_policy(model, "expert")
+            if args.expert_policy == "final" or not prog.get("expert_best"):
+                self.save_policy(model, "expert")
         if prog.get("medium") is None:
             # Never reached the threshold: keep the last policy as medium and say so.
             self.log(
@@ -371,6 +382,17 @@ class Build:
         model.save(tmp)
         os.replace(tmp, path)
         self.log(f"[make-dataset] saved {level} policy to {path}")
+
+    def record_expert_eval(self, model, step: int, mean: float, std: float) -> None:
+        """Keep an evaluation past the medium snapshot in progress.json; with ``--expert-policy
+        best``, save the policy as expert when it beats every earlier one."""
+        fields = self.progress.fields
+        fields.setdefault("expert_evals", []).append([int(step), mean, std])
+        best = fields.get("expert_best")
+        if self.args.expert_policy == "best" and (best is None or mean > best["eval_return"]):
+            self.save_policy(model, "expert")
+            fields["expert_best"] = {"step": int(step), "eval_return": mean, "eval_std": std}
+        self.progress.save()
 
     def snapshot_medium(self, model, eval_return: float | None, reached: bool) -> None:
         """Save the medium policy and, if asked, write medium-replay from the buffer."""
@@ -445,7 +467,10 @@ class Build:
         else:
             model = SAC.load(self.policy_path(level), device=self.args.device)
             act = sb3_policy(model, deterministic=False)
-            self.policy_used[level] = _file_info(self.policy_path(level))
+            self.policy_used[level] = {
+                **_file_info(self.policy_path(level)),
+                "sac_step": int(model.num_timesteps),
+            }
         return collect_episodes(
             self.make_env,
             act,
@@ -782,6 +807,8 @@ def _make_callback_class():
                     b.snapshot_medium(self.model, mean, reached=True)
                     if not self.to_expert:
                         self.stop = True
+                elif self.to_expert and b.progress.fields.get("medium") is not None:
+                    b.record_expert_eval(self.model, step, mean, std)
             per_run = args.train_steps_per_run
             if per_run is not None and step - self.start >= per_run and step < self.target:
                 self.stop = self.stopped_early = True
