@@ -203,7 +203,9 @@ pack() {  # metrics, evaluations, configs, TensorBoard logs and process logs (no
     cp "$AAREN_RL_DATA_DIR"/*summary.json "$OUT/" 2>/dev/null
     tar czf "$OUT/runs.tgz" --exclude='*.pt' --exclude='*.tmp' -C /tmp runs logs
 }
-(sleep "${PACK_AT:-560}"; stamp "watchdog: packing what is there"; pack) &
+# The watchdog's sleep is killed with it, so it does not hold the console pipe open to PACK_AT.
+(trap 'kill $s 2>/dev/null; exit 0' TERM; sleep "${PACK_AT:-560}" & s=$!; wait $s
+ stamp "watchdog: packing what is there"; pack) &
 WATCHDOG=$!
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 15 >/tmp/logs/gpu.csv 2>&1 &
 pids=()
