@@ -13,6 +13,8 @@ with the tables and the exact command that made them; the rest of the doc is lef
 Agents are preset names, optionally with ``@SAMPLER`` to change the training sequences:
 ``decision-aaren`` (episode prefixes, its preset), ``decision-aaren@window`` (DT's random
 windows with DT's batch size, to measure what prefix training buys), ``decision-transformer``.
+``+merged`` after the preset name folds the return-to-go into the state token
+(``model.return_token: merged``): ``decision-aaren+merged``, ``decision-transformer+merged``.
 """
 
 from __future__ import annotations
@@ -37,12 +39,33 @@ WINDOW_BATCH_FROM = "decision-transformer"  # an @window variant trains with DT'
 
 
 def parse_agent(spec: str) -> tuple[str, str | None, str]:
-    """``"decision-aaren@window"`` -> (preset, sampler override, label for paths and tables)."""
+    """``"decision-aaren+merged@window"`` -> (preset, sampler override, label for paths and
+    tables); the ``+merged`` flag stays in the label and is read by ``agent_overrides``."""
     preset, _, sampler = spec.partition("@")
     if sampler and sampler not in ("window", "prefix", "full"):
         raise ValueError(f"agent {spec!r}: sampler after '@' must be window, prefix or full")
+    preset, plus, flag = preset.partition("+")
+    if plus and flag != "merged":
+        raise ValueError(f"agent {spec!r}: the only flag after '+' is merged")
     stem = Path(preset).stem if preset.endswith((".yaml", ".yml")) else preset
-    return preset, sampler or None, f"{stem}-{sampler}" if sampler else stem
+    label = f"{stem}-merged" if flag else stem
+    return preset, sampler or None, f"{label}-{sampler}" if sampler else label
+
+
+def agent_overrides(spec: str, protocol: str | None) -> tuple[str, dict[str, Any], str]:
+    """(preset, preset overrides, label) of an agent spec (see the module docstring)."""
+    from aaren_rl.agents.train_cli import resolve_agent
+
+    preset, sampler, label = parse_agent(spec)
+    overrides: dict[str, Any] = {}
+    if "+merged" in spec:
+        overrides["model.return_token"] = "merged"
+    if sampler:
+        overrides["train.sampler"] = sampler
+    if sampler == "window":  # DT's recipe for the sequences: its windows and its batch size
+        baseline = resolve_agent(WINDOW_BATCH_FROM, protocol=protocol)
+        overrides["train.batch_size"] = int(baseline["train"]["batch_size"])
+    return preset, overrides, label
 
 
 def run_dir(root: Path, protocol: str, steps: int, task: str, label: str, seed: int) -> Path:
@@ -80,13 +103,8 @@ def train_one(
     if task_name not in dataset_cache:
         dataset_cache[task_name] = [load_task(task_name), None]
     spec = dataset_cache[task_name][0]
-    preset, sampler, label = parse_agent(agent)
-    overrides: dict[str, Any] = {"train.eval_episodes": args.eval_episodes, "train.eval_every": 0}
-    if sampler:
-        overrides["train.sampler"] = sampler
-    if sampler == "window":  # DT's recipe for the sequences: its windows and its batch size
-        baseline = resolve_agent(WINDOW_BATCH_FROM, protocol=args.protocol)
-        overrides["train.batch_size"] = int(baseline["train"]["batch_size"])
+    preset, overrides, label = agent_overrides(agent, args.protocol)
+    overrides.update({"train.eval_episodes": args.eval_episodes, "train.eval_every": 0})
     resolved = resolve_agent(preset, protocol=args.protocol, overrides=overrides)
     steps = args.steps if args.steps is not None else int(resolved["train"]["steps"])
     out = run_dir(args.runs, args.protocol, steps, spec.name, label, seed)
@@ -144,11 +162,7 @@ def time_steps(args: argparse.Namespace, n_steps: int) -> str:
         "|---|---|---|---|",
     ]
     for agent in args.agents:
-        preset, sampler, label = parse_agent(agent)
-        overrides = {"train.sampler": sampler} if sampler else {}
-        if sampler == "window":
-            baseline = resolve_agent(WINDOW_BATCH_FROM, protocol=args.protocol)
-            overrides["train.batch_size"] = int(baseline["train"]["batch_size"])
+        preset, overrides, label = agent_overrides(agent, args.protocol)
         resolved = resolve_agent(preset, protocol=args.protocol, overrides=overrides)
         seed_everything(0)
         model = build_decision_model(
@@ -240,7 +254,9 @@ def write_doc(doc: Path, block: str) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--tasks", nargs="+", default=["hopper-medium-small"], help="task presets")
-    p.add_argument("--agents", nargs="+", default=DEFAULT_AGENTS, help="PRESET[@SAMPLER] ...")
+    p.add_argument(
+        "--agents", nargs="+", default=DEFAULT_AGENTS, help="PRESET[+merged][@SAMPLER] ..."
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=None, help="training steps (protocol's)")
     p.add_argument("--protocol", default="cpu", help="preset protocol; '' for the published one")

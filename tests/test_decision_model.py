@@ -29,6 +29,13 @@ BACKBONES = {
         "step_mode": "kv_cache",
         "full_attention": True,
     },
+    # R_t folded into the s_t token: two tokens per step
+    "aaren-merged": {"backbone": "aaren", "return_token": "merged"},
+    "transformer-kv-merged": {
+        "backbone": "transformer",
+        "step_mode": "kv_cache",
+        "return_token": "merged",
+    },
 }
 
 
@@ -113,10 +120,12 @@ def test_recurrent_actions_equal_parallel_forward(name, hopper_episode):
     np.testing.assert_allclose(recurrent, parallel[0].numpy(), rtol=0, atol=1e-5)
 
 
-def test_transformer_recompute_equals_forward_over_the_last_k_steps(hopper_episode):
+@pytest.mark.parametrize("return_token", ["separate", "merged"])
+def test_transformer_recompute_equals_forward_over_the_last_k_steps(return_token, hopper_episode):
     """Decision Transformer's evaluation: the action at t is the forward over steps t-K+1..t."""
     k = SMALL["context"]
-    model = make_model(backbone="transformer", step_mode="recompute")
+    model = make_model(backbone="transformer", step_mode="recompute", return_token=return_token)
+    assert model.config.transformer_window == model.config.tokens_per_step * k - 1
     recurrent = step_through(model, hopper_episode)
     n = len(hopper_episode["timesteps"])
     with torch.inference_mode():
@@ -144,7 +153,7 @@ def test_aaren_forward_in_chunks_with_carried_state(hopper_episode):
     )
 
 
-@pytest.mark.parametrize("name", ["aaren", "transformer-kv"])
+@pytest.mark.parametrize("name", ["aaren", "transformer-kv", "aaren-merged"])
 def test_padding_does_not_change_unpadded_predictions(name, hopper_episode):
     model = make_model(**BACKBONES[name])
     n = 30
@@ -299,6 +308,7 @@ def test_config_round_trip_and_defaults_are_decision_transformers():
         0.1,
     )
     assert cfg.transformer_window == 59  # R, s, a of K-1 steps, then R_t and s_t
+    assert cfg.return_token == "separate" and cfg.tokens_per_step == 3
     again = DecisionModelConfig.from_dict(cfg.to_dict())
     assert again == cfg
     assert DecisionModelConfig.from_dict({"backbone": "transformer"}).step_mode == "recompute"
@@ -313,6 +323,7 @@ def test_config_round_trip_and_defaults_are_decision_transformers():
         ({"dropout": 1.5}, r"'dropout' is 1.5"),
         ({"n_layers": 0}, r"'n_layers' is 0; expected a positive integer"),
         ({"context": "20"}, r"'context' is '20'"),
+        ({"return_token": "fused"}, r"'return_token' is 'fused'; expected one of"),
         (
             {"backbone": "transformer", "full_attention": True},
             r"'step_mode' is 'recompute'; expected 'kv_cache' when full_attention",

@@ -5,6 +5,12 @@ embedded, plus a learned embedding of the timestep t, then LayerNorm (DESIGN.md 
 backbone runs over the interleaved sequence ``R_0, s_0, a_0, R_1, s_1, a_1, ...``
 (``[batch, 3 * time, d_model]``) and the action a_t is predicted from the output at s_t.
 
+``return_token: merged`` folds R_t into the state token instead (its embedding is added to the
+state's before the LayerNorm): two tokens per step, ``(R_0 s_0), a_0, (R_1 s_1), a_1, ...``. A
+Transformer's query at s_t can look R_t up one token back; Aaren's query is a learned constant,
+so a separate R_t token only reaches s_t inside a softmax average over the whole episode. Merged,
+the target return sits in the residual stream of the very token the action is read from.
+
 The model owns its input conventions so that training and rollout cannot disagree: raw
 observations are normalised by the ``state_mean``/``state_std`` buffers and unscaled
 returns-to-go are multiplied by the ``reward_scale`` buffer (DESIGN.md: reward scale 1/1000)
@@ -42,6 +48,7 @@ from aaren_rl.nn.backbone import Backbone, State
 
 BACKBONES = ("aaren", "transformer")
 STEP_MODES = ("recompute", "kv_cache")
+RETURN_TOKENS = ("separate", "merged")
 _MIN_STD = 1e-6
 
 
@@ -72,6 +79,7 @@ class DecisionModelConfig:
     max_timestep: int = 1000
     action_tanh: bool = True
     full_attention: bool = False
+    return_token: str = "separate"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -89,6 +97,8 @@ class DecisionModelConfig:
             raise bad("backbone", f"one of {BACKBONES}")
         if self.step_mode not in STEP_MODES:
             raise bad("step_mode", f"one of {STEP_MODES}")
+        if self.return_token not in RETURN_TOKENS:
+            raise bad("return_token", f"one of {RETURN_TOKENS}")
         for key in ("d_model", "n_layers", "n_heads", "context", "max_timestep"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -142,9 +152,15 @@ class DecisionModelConfig:
         return dataclasses.asdict(self)
 
     @property
+    def tokens_per_step(self) -> int:
+        """3 (R_t, s_t, a_t) with a separate return token, 2 ((R_t s_t), a_t) merged."""
+        return 3 if self.return_token == "separate" else 2
+
+    @property
     def transformer_window(self) -> int | None:
-        """Tokens a Transformer attends over: ``3 * context - 1``, or None (full_attention)."""
-        return None if self.full_attention else 3 * self.context - 1
+        """Tokens a Transformer attends over: ``tokens_per_step * context - 1`` (DT's K steps up
+        to s_t), or None (full_attention)."""
+        return None if self.full_attention else self.tokens_per_step * self.context - 1
 
 
 def build_backbone(config: DecisionModelConfig) -> Backbone:
@@ -239,12 +255,20 @@ class DecisionModel(nn.Module):
         return self.embed_dropout(self.embed_norm(x + t_emb))
 
     def _return_token(self, rtg: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
-        scaled = (rtg.to(self._dtype()) * self.reward_scale).unsqueeze(-1)
-        return self._embed_tokens(self.embed_return(scaled), t_emb)
+        return self._embed_tokens(self.embed_return(self._scaled_return(rtg)), t_emb)
 
-    def _state_token(self, obs: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
+    def _scaled_return(self, rtg: torch.Tensor) -> torch.Tensor:
+        return (rtg.to(self._dtype()) * self.reward_scale).unsqueeze(-1)
+
+    def _state_token(
+        self, obs: torch.Tensor, t_emb: torch.Tensor, rtg: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The s_t token; with ``rtg`` (``return_token: merged``) R_t's embedding is added."""
         normed = (obs.to(self._dtype()) - self.state_mean) / self.state_std
-        return self._embed_tokens(self.embed_state(normed), t_emb)
+        x = self.embed_state(normed)
+        if rtg is not None:
+            x = x + self.embed_return(self._scaled_return(rtg))
+        return self._embed_tokens(x, t_emb)
 
     def _action_token(self, action: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
         return self._embed_tokens(self.embed_action(action.to(self._dtype())), t_emb)
@@ -318,7 +342,7 @@ class DecisionModel(nn.Module):
                 raise ValueError(f"mask has shape {tuple(mask.shape)}; expected ({b}, {k})")
             mask = mask.to(torch.bool)
             timesteps = torch.where(mask, timesteps, torch.zeros_like(timesteps))
-            token_mask = mask.repeat_interleave(3, dim=1)
+            token_mask = mask.repeat_interleave(self.config.tokens_per_step, dim=1)
         if timesteps.numel() and (
             int(timesteps.min()) < 0 or int(timesteps.max()) >= self.config.max_timestep
         ):
@@ -329,16 +353,21 @@ class DecisionModel(nn.Module):
             )
 
         t_emb = self.embed_timestep(timesteps.long())
-        tokens = torch.stack(
-            (
+        if self.config.return_token == "merged":
+            per_step = (
+                self._state_token(observations, t_emb, returns_to_go),
+                self._action_token(actions, t_emb),
+            )
+        else:
+            per_step = (
                 self._return_token(returns_to_go, t_emb),
                 self._state_token(observations, t_emb),
                 self._action_token(actions, t_emb),
-            ),
-            dim=2,
-        ).reshape(b, 3 * k, self.config.d_model)
+            )
+        n, d = len(per_step), self.config.d_model
+        tokens = torch.stack(per_step, dim=2).reshape(b, n * k, d)
         y, state = self.backbone(tokens, state=state, mask=token_mask)
-        y = y.reshape(b, k, 3, self.config.d_model)[:, :, 1]
+        y = y.reshape(b, k, n, d)[:, :, n - 2]  # the output at s_t
         return self._predict_action(y), state
 
     # ------------------------------------------------------------------ recurrent
@@ -383,8 +412,12 @@ class DecisionModel(nn.Module):
         t_emb = self._step_timestep(timestep, b)
         if state is None:
             state = self.initial_state(b)
-        _, state = self.backbone.step(self._return_token(return_to_go, t_emb), state)
-        y, state = self.backbone.step(self._state_token(observation, t_emb), state)
+        if self.config.return_token == "merged":
+            token = self._state_token(observation, t_emb, return_to_go)
+        else:
+            _, state = self.backbone.step(self._return_token(return_to_go, t_emb), state)
+            token = self._state_token(observation, t_emb)
+        y, state = self.backbone.step(token, state)
         return self._predict_action(y), state
 
     def observe_action(self, action: torch.Tensor, timestep: torch.Tensor, state: State) -> State:
