@@ -3,10 +3,12 @@
 # aaren-rl on a 2-core CPU. Each command resumes from its last checkpoint when run again and
 # skips datasets it already wrote. Datasets go to data/d4rl, checkpoints and TensorBoard logs
 # to runs/make-dataset/<task>-seed0, logs to runs/logs.
-#   scripts/build_datasets.sh hopper      # SAC 230k steps: medium, medium-replay, expert, medium-expert, random
-#     (the build here was planned for 300k SAC steps and cut to 230k by the deadline: the run
-#      trained to 230k, was stopped, and this command resumed it with --total-steps 230000;
-#      raise --total-steps to train a stronger expert: the build resumes and grows its buffer)
+#   scripts/build_datasets.sh hopper      # medium, medium-replay, random at SAC 230k; then expert
+#     and medium-expert from the best-evaluated policy up to 410k SAC steps (--expert-policy best)
+#     (as run here: 0 -> 230k in one session, then resumed 230k -> 350k with the final-policy rule
+#      and stopped, then 350k -> 410k with --expert-policy best, whose best evaluation was at
+#      395k: 3252.6 +- 26.7. A resumed SAC run is reseeded from (seed, step), so a build
+#      stopped at other steps trains a different policy: same recipe, not the same bits)
 #   scripts/build_datasets.sh others      # halfcheetah then walker2d, SAC only up to medium
 #   scripts/build_datasets.sh small       # the shipped hopper-medium-small-v5 (needs the hopper medium policy)
 set -euo pipefail
@@ -20,6 +22,8 @@ case "${1:-}" in
     "$AAREN" make-dataset hopper "${COMMON[@]}" \
       --levels medium-replay,medium,expert,medium-expert,random \
       --total-steps 230000 --transitions 1000000
+    "$AAREN" make-dataset hopper "${COMMON[@]}" --levels expert,medium-expert --overwrite \
+      --total-steps 410000 --transitions 1000000 --expert-policy best
     ;;
   others)
     for task in halfcheetah walker2d; do
