@@ -32,7 +32,7 @@ def _trained_model_and_optim(seed: int = 0):
     torch.manual_seed(seed)
     mean = np.linspace(-1.0, 1.0, OBS).astype(np.float32)
     std = np.linspace(0.5, 2.0, OBS).astype(np.float32)
-    model = build_decision_model(MODEL_CFG, OBS, ACT, mean, std, reward_scale=0.01)
+    model = build_decision_model(MODEL_CFG, OBS, ACT, mean, std, reward_scale=0.01, return_max=77.0)
     optim = torch.optim.AdamW(model.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: min(1.0, (s + 1) / 10))
     for _ in range(3):  # a few real steps so optimiser moments and the schedule are non-trivial
@@ -73,6 +73,7 @@ def test_round_trip_rebuilds_the_same_agent_without_the_dataset(tmp_path):
     assert torch.equal(rebuilt.state_mean, model.state_mean)
     assert torch.equal(rebuilt.state_std, model.state_std)
     assert float(rebuilt.reward_scale) == pytest.approx(0.01)
+    assert float(rebuilt.return_max) == 77.0
     for name, p in model.state_dict().items():
         assert torch.equal(p, rebuilt.state_dict()[name]), name
     model.eval()

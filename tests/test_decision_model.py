@@ -342,3 +342,33 @@ def test_build_from_dict_counts_parameters_like_the_layout_says():
     heads += 2 * (2 * d) + (d + 1) * ACT_DIM  # two LayerNorms, the action head
     backbone = sum(p.numel() for p in model.backbone.parameters())
     assert sum(p.numel() for p in model.parameters()) == heads + backbone
+
+
+def test_clip_return_conditions_on_the_largest_training_return(hopper_episode):
+    """With clip_return a target beyond return_max acts exactly like return_max; returns-to-go
+    within the data (all of training) are untouched; without it the target is taken as is."""
+    return_max = float(hopper_episode["returns_to_go"].max())
+    clipped = make_model(clip_return=True)
+    plain = make_model()
+    clipped.return_max.fill_(return_max)
+    plain.return_max.fill_(return_max)
+    batch = as_batch(hopper_episode)
+    with torch.inference_mode():
+        np.testing.assert_array_equal(clipped(*batch)[0].numpy(), plain(*batch)[0].numpy())
+        obs, ts = batch[0][:, 0], batch[3][:, 0]
+
+        def act(model, rtg: float) -> torch.Tensor:
+            return model.act(obs, torch.tensor([rtg]), ts, model.initial_state(1))[0]
+
+        assert torch.equal(act(clipped, 10 * return_max), act(clipped, return_max))
+        assert not torch.equal(act(plain, 10 * return_max), act(plain, return_max))
+        assert not torch.equal(act(clipped, 0.5 * return_max), act(clipped, return_max))
+
+
+def test_state_dict_without_return_max_loads_with_no_clip():
+    """Checkpoints written before the return_max buffer existed still load (no clip value)."""
+    old = {k: v for k, v in make_model().state_dict().items() if k != "return_max"}
+    model = make_model(seed=1)
+    model.load_state_dict(old, strict=True)
+    assert torch.isinf(model.return_max)
+    assert torch.equal(model.state_mean, old["state_mean"])

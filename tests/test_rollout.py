@@ -301,6 +301,16 @@ def test_evaluate_cli_reports_what_the_rollout_measures(checkpoint, tmp_path, ca
     ]
 
 
+def test_evaluate_cli_clip_return_needs_a_return_max(checkpoint, capsys):
+    from aaren_rl.cli import main
+
+    _, path = checkpoint  # make_model() has no return_max (inf)
+    argv = ["evaluate", str(path), "--episodes", "1", "--clip-return", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "no return_max" in err
+
+
 def test_evaluate_cli_bad_checkpoint_path_is_a_clear_error(tmp_path, capsys):
     from aaren_rl.cli import main
 

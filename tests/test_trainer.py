@@ -26,6 +26,7 @@ from aaren_rl.agents.trainer import (
     masked_action_mse,
     seed_everything,
 )
+from aaren_rl.data.d4rl_reader import load_d4rl
 from aaren_rl.data.tasks import task_from_dict
 from aaren_rl.data.trajectories import TrajectoryDataset
 
@@ -261,7 +262,11 @@ def test_cli_trains_from_preset_files_and_resumes(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "--agent", str(agent), "--task", str(task), "--out", str(out)]
     assert main([*args, "--no-progress", "--device", "cpu"]) == 0
-    assert load_checkpoint(out / "checkpoint.pt")["step"] == 4
+    first = load_checkpoint(out / "checkpoint.pt")
+    assert first["step"] == 4
+    # the largest return-to-go of the training data travels with the weights (clip_return)
+    rtg_max = float(load_d4rl(tmp_path / "toy.hdf5").rtg.max())
+    assert float(first["model_state"]["return_max"]) == pytest.approx(rtg_max, rel=1e-6)
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["agent"]["train"]["sampler"] == "prefix"
     assert config["task"]["reference_scores"] == list(REFS)

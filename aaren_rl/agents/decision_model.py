@@ -65,6 +65,10 @@ class DecisionModelConfig:
     way: the window is recomputed every step) or ``"kv_cache"``. ``full_attention: true`` drops
     the Transformer's window (kv_cache only): it then sees the whole episode like Aaren, and its
     cache grows by one key and value per token and layer.
+    ``clip_return: true`` clips every return-to-go the model is given at the largest one in its
+    training data (the ``return_max`` buffer): a target beyond the data conditions the model on
+    the best return it has seen instead of a value it never met. Training is unchanged (no
+    training return-to-go exceeds the maximum); only rollouts with such targets differ.
     """
 
     backbone: str = "aaren"
@@ -80,6 +84,7 @@ class DecisionModelConfig:
     action_tanh: bool = True
     full_attention: bool = False
     return_token: str = "separate"
+    clip_return: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -115,7 +120,7 @@ class DecisionModelConfig:
             or not 0.0 <= float(self.dropout) < 1.0
         ):
             raise bad("dropout", "a number in [0, 1)")
-        for key in ("norm_first", "action_tanh", "full_attention"):
+        for key in ("norm_first", "action_tanh", "full_attention", "clip_return"):
             if not isinstance(getattr(self, key), bool):
                 raise bad(key, "true or false")
         if self.backbone == "transformer" and self.full_attention and self.step_mode == "recompute":
@@ -205,6 +210,8 @@ class DecisionModel(nn.Module):
         state_mean, state_std: ``[obs_dim]`` dataset statistics; observations are normalised
             as ``(obs - mean) / std`` (std below 1e-6 is raised to 1e-6). Default 0 and 1.
         reward_scale: returns-to-go are multiplied by this before embedding (DT: 1/1000).
+        return_max: the largest (unscaled) return-to-go of the training data, kept as a buffer;
+            with ``config.clip_return`` every return-to-go is clipped at it. Default inf.
     """
 
     def __init__(
@@ -215,6 +222,7 @@ class DecisionModel(nn.Module):
         state_mean: np.ndarray | torch.Tensor | None = None,
         state_std: np.ndarray | torch.Tensor | None = None,
         reward_scale: float = 1.0,
+        return_max: float | None = None,
     ) -> None:
         super().__init__()
         if obs_dim < 1 or act_dim < 1:
@@ -233,6 +241,10 @@ class DecisionModel(nn.Module):
             raise ValueError("state_std has negative entries; it must be a standard deviation")
         self.register_buffer("state_std", std.clamp_min(_MIN_STD))
         self.register_buffer("reward_scale", torch.tensor(reward_scale, dtype=torch.float32))
+        return_max = float("inf") if return_max is None else float(return_max)
+        if np.isnan(return_max):
+            raise ValueError("return_max is NaN; recompute it from the dataset's returns-to-go")
+        self.register_buffer("return_max", torch.tensor(return_max, dtype=torch.float32))
 
         self.embed_return = nn.Linear(1, d)
         self.embed_state = nn.Linear(obs_dim, d)
@@ -258,7 +270,15 @@ class DecisionModel(nn.Module):
         return self._embed_tokens(self.embed_return(self._scaled_return(rtg)), t_emb)
 
     def _scaled_return(self, rtg: torch.Tensor) -> torch.Tensor:
-        return (rtg.to(self._dtype()) * self.reward_scale).unsqueeze(-1)
+        rtg = rtg.to(self._dtype())
+        if self.config.clip_return:
+            rtg = torch.minimum(rtg, self.return_max)
+        return (rtg * self.reward_scale).unsqueeze(-1)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # Checkpoints written before the return_max buffer existed load with no clip value.
+        state_dict.setdefault(prefix + "return_max", torch.tensor(float("inf")))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _state_token(
         self, obs: torch.Tensor, t_emb: torch.Tensor, rtg: torch.Tensor | None = None
@@ -437,6 +457,7 @@ def build_decision_model(
     state_mean: np.ndarray | torch.Tensor | None = None,
     state_std: np.ndarray | torch.Tensor | None = None,
     reward_scale: float = 1.0,
+    return_max: float | None = None,
 ) -> DecisionModel:
     """A ``DecisionModel`` from a config or a plain mapping (see ``DecisionModelConfig``)."""
     if not isinstance(config, DecisionModelConfig):
@@ -448,4 +469,5 @@ def build_decision_model(
         state_mean=state_mean,
         state_std=state_std,
         reward_scale=reward_scale,
+        return_max=return_max,
     )

@@ -35,6 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="R",
         help="return to condition on, unscaled; repeat for several (default: the task's)",
     )
+    parser.add_argument(
+        "--clip-return",
+        action="store_true",
+        help="clip the return-to-go at the largest one in the training data (model.clip_return)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="env i is seeded with seed + i (0)")
     parser.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)"
@@ -116,6 +121,15 @@ def run(args: argparse.Namespace) -> int:
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.clip_return:
+        if not torch.isfinite(model.return_max):
+            print(
+                f"error: {args.checkpoint}: the checkpoint has no return_max to clip at (written "
+                "before model.return_max existed); retrain it, or leave out --clip-return",
+                file=sys.stderr,
+            )
+            return 2
+        model.config.clip_return = True
     task = info.get("task") or {}
     env_id = task.get("env_id")
     if not env_id:
@@ -134,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
         f"{info.get('path')}: {cfg.get('backbone')} agent, step {info.get('step')}, "
         f"task {task.get('name')} ({env_id}), {args.episodes} episodes x {args.envs} envs, "
         f"device {device}"
+        + (f", returns-to-go clipped at {float(model.return_max):.1f}" if args.clip_return else "")
     )
 
     rows = []

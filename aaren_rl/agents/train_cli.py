@@ -161,6 +161,7 @@ def run_training(
         state_mean=dataset.state_mean,
         state_std=dataset.state_std,
         reward_scale=spec.reward_scale,
+        return_max=float(dataset.rtg.max()),
     )
     trainer = Trainer(
         model,
