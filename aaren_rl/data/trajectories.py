@@ -45,19 +45,19 @@ class Episode:
         return float(self.rewards.sum(dtype=np.float64))
 
 
-def _as_flag(values: Any, name: str, source: str, n: int) -> np.ndarray:
-    """A ``[n]`` bool array from bool / 0-1 integer or float flags; anything else is an error."""
+def _as_column(values: Any, name: str, source: str, expected: str, fix: str) -> np.ndarray:
+    """A 1-D ``[n]`` array from ``[n]`` or ``[n, 1]`` values; any other shape is an error."""
     arr = np.asarray(values)
     if arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr[:, 0]
     if arr.ndim != 1:
-        raise DatasetError.about(
-            source,
-            name,
-            f"has shape {arr.shape}",
-            f"a 1-D array of {n} flags",
-            "store one flag per step",
-        )
+        raise DatasetError.about(source, name, f"has shape {arr.shape}", expected, fix)
+    return arr
+
+
+def _as_flag(values: Any, name: str, source: str, n: int) -> np.ndarray:
+    """A ``[n]`` bool array from bool / 0-1 integer or float flags; anything else is an error."""
+    arr = _as_column(values, name, source, f"a 1-D array of {n} flags", "store one flag per step")
     if arr.dtype == np.bool_:
         return arr
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
@@ -148,17 +148,9 @@ def validate_transitions(
             "at least one transition",
             "check that the file was fully written",
         )
-    rew = np.asarray(rewards)
-    if rew.ndim == 2 and rew.shape[1] == 1:
-        rew = rew[:, 0]
-    if rew.ndim != 1:
-        raise DatasetError.about(
-            source,
-            "rewards",
-            f"has shape {rew.shape}",
-            f"[{n}] (one scalar per step)",
-            "store one reward per step",
-        )
+    rew = _as_column(
+        rewards, "rewards", source, f"[{n}] (one scalar per step)", "store one reward per step"
+    )
     if not (np.issubdtype(rew.dtype, np.floating) or np.issubdtype(rew.dtype, np.integer)):
         raise DatasetError.about(
             source, "rewards", f"has dtype {rew.dtype}", "numbers", "store numeric rewards"
