@@ -229,6 +229,29 @@ def test_existing_checkpoint_is_never_overwritten_without_resume(tmp_path):
         trainer._load(tmp_path / "checkpoint.pt")
 
 
+def test_checkpoint_from_before_new_model_keys_resumes(tmp_path):
+    """A run written before model keys existed (return_token, clip_return, return_max)
+    resumes: missing keys take their defaults, the weights and step carry over."""
+    _trainer(tmp_path, steps=2).train()
+    path = tmp_path / "checkpoint.pt"
+    data = load_checkpoint(path)
+    for key in ("return_token", "clip_return"):
+        del data["model_config"][key]
+    del data["model_state"]["return_max"]
+    torch.save(data, path)
+    resumed = _trainer(tmp_path, resume=True, steps=3)
+    assert resumed.step == 2
+    for name, value in data["model_state"].items():
+        assert torch.equal(resumed.model.state_dict()[name], value), name
+    assert resumed.train().end_step == 3
+    # weights under other names (another library version) are a clear error, not a traceback
+    data = load_checkpoint(path)
+    data["model_state"] = {f"old.{k}": v for k, v in data["model_state"].items()}
+    torch.save(data, path)
+    with pytest.raises(ValueError, match=r"checkpoint.pt: cannot resume: the checkpoint's weights"):
+        _trainer(tmp_path, resume=True, steps=4)
+
+
 def test_evaluation_logs_normalised_scores_from_real_rollouts(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -276,8 +276,9 @@ class DecisionModel(nn.Module):
         return (rtg * self.reward_scale).unsqueeze(-1)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        # Checkpoints written before the return_max buffer existed load with no clip value.
-        state_dict.setdefault(prefix + "return_max", torch.tensor(float("inf")))
+        # Checkpoints written before the return_max buffer existed keep this model's value
+        # (the dataset's, when the builder was given it; inf otherwise: no clip value).
+        state_dict.setdefault(prefix + "return_max", self.return_max.detach().clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _state_token(

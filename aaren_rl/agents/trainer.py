@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -426,6 +427,12 @@ class Trainer:
         data = load_checkpoint(path, map_location="cpu")
         stored = data.get("model_config")
         current = _model_config(self.model)
+        config_type = type(getattr(unwrap_model(self.model), "config", None))
+        if isinstance(stored, dict) and hasattr(config_type, "from_dict"):
+            # keys added since the checkpoint was written take their defaults
+            stored = dataclasses.asdict(
+                config_type.from_dict(stored, source=f"{path} model_config")
+            )
         if current is not None and stored != current:
             diff = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
             raise ValueError(
@@ -433,7 +440,15 @@ class Trainer:
                 f"(checkpoint {[stored.get(k) for k in diff]}, now "
                 f"{[current.get(k) for k in diff]}); use the same agent preset or another --out"
             )
-        self.model.load_state_dict(data["model_state"])
+        try:
+            self.model.load_state_dict(data["model_state"])
+        except RuntimeError as exc:  # parameter names or shapes of another library version
+            detail = str(exc).strip().splitlines()
+            raise ValueError(
+                f"{path}: cannot resume: the checkpoint's weights do not fit this model "
+                f"({' '.join(line.strip() for line in detail[:2])[:300]} ...); it was written by "
+                "another version of aaren-rl: train into another --out"
+            ) from exc
         self.model.to(self.ctx.device)
         if data.get("optimizer") is not None:
             self.optimizer.load_state_dict(data["optimizer"])
@@ -599,6 +614,8 @@ class Trainer:
             desc=f"train {self.task_dict.get('name', '')}",
             disable=not (self.progress and self.ctx.is_main),
             dynamic_ncols=True,
+            # a log file (no terminal) gets a line every 30 s, not one per step
+            mininterval=0.1 if sys.stderr.isatty() else 30.0,
         )
         losses: list[float] = []
         evaluations: list[EvalRecord] = []
@@ -625,7 +642,7 @@ class Trainer:
                 if self.step % self.cfg.log_every == 0 or self.step == end:
                     mean_loss = self._mean_across_ranks(float(np.mean(window)))
                     window.clear()
-                    bar.set_postfix(loss=f"{mean_loss:.4f}")
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
                     if writer is not None:
                         writer.add_scalar("train/loss", mean_loss, self.step)
                         writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.step)
