@@ -38,9 +38,9 @@ REPO = Path(__file__).resolve().parent.parent
 WINDOW_BATCH_FROM = "decision-transformer"  # an @window variant trains with DT's batch size
 
 
-def parse_agent(spec: str) -> tuple[str, str | None, str]:
+def parse_agent(spec: str) -> tuple[str, str | None, str, bool]:
     """``"decision-aaren+merged@window"`` -> (preset, sampler override, label for paths and
-    tables); the ``+merged`` flag stays in the label and is read by ``agent_overrides``."""
+    tables, whether ``+merged`` was given)."""
     preset, _, sampler = spec.partition("@")
     if sampler and sampler not in ("window", "prefix", "full"):
         raise ValueError(f"agent {spec!r}: sampler after '@' must be window, prefix or full")
@@ -49,16 +49,16 @@ def parse_agent(spec: str) -> tuple[str, str | None, str]:
         raise ValueError(f"agent {spec!r}: the only flag after '+' is merged")
     stem = Path(preset).stem if preset.endswith((".yaml", ".yml")) else preset
     label = f"{stem}-merged" if flag else stem
-    return preset, sampler or None, f"{label}-{sampler}" if sampler else label
+    return preset, sampler or None, f"{label}-{sampler}" if sampler else label, bool(flag)
 
 
 def agent_overrides(spec: str, protocol: str | None) -> tuple[str, dict[str, Any], str]:
     """(preset, preset overrides, label) of an agent spec (see the module docstring)."""
     from aaren_rl.agents.train_cli import resolve_agent
 
-    preset, sampler, label = parse_agent(spec)
+    preset, sampler, label, merged = parse_agent(spec)
     overrides: dict[str, Any] = {}
-    if "+merged" in spec:
+    if merged:
         overrides["model.return_token"] = "merged"
     if sampler:
         overrides["train.sampler"] = sampler

@@ -16,7 +16,6 @@ takes no part in training).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +36,8 @@ def main() -> int:
     from aaren_rl.agents.checkpoint import load_agent
     from aaren_rl.agents.evaluate_cli import normalized
     from aaren_rl.agents.rollout import evaluate_agent
+    from aaren_rl.agents.trainer import write_json_atomic
+    from aaren_rl.data.make_dataset import write_text_atomic
     from aaren_rl.data.tasks import load_task
 
     clips = {"off": [False], "on": [True], "both": [False, True]}[args.clip]
@@ -96,8 +97,8 @@ def main() -> int:
         lines.append(f"| {agent} | {'on' if clip else 'off'} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)
-    (args.root / "target-sweep.md").write_text(table + "\n")
-    (args.root / "target-sweep.json").write_text(json.dumps(records, indent=1))
+    write_text_atomic(args.root / "target-sweep.md", table + "\n")
+    write_json_atomic(args.root / "target-sweep.json", records)
     return 0
 
 
