@@ -9,10 +9,7 @@ and the memory per environment. ``--json`` also writes the numbers to a file.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -82,20 +79,12 @@ def normalized(returns: np.ndarray, task: dict[str, Any]) -> np.ndarray | None:
 
 
 def write_json_atomic(path: Path, payload: Any, force: bool) -> None:
-    """Write JSON to ``path`` through a temp file in the same folder; never clobber unasked."""
+    """Write JSON to ``path`` atomically (``trainer.write_json_atomic``); never clobber unasked."""
+    from aaren_rl.agents.trainer import write_json_atomic as write_atomic
+
     if path.exists() and not force:
         raise FileExistsError(f"{path}: already exists; pass --force to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, payload)
 
 
 def _fmt_bytes(n: int) -> str:
