@@ -1,45 +1,34 @@
-"""Training checkpoints: written atomically, read back with clear errors, turned into an agent.
+"""Decision-agent checkpoints: the loop's checkpoint file (:mod:`aaren_rl.training.checkpoint`)
+plus what it takes to act without the dataset.
 
-A checkpoint is one ``torch.save`` file holding everything needed to continue a run exactly
-(model, optimiser, scheduler, step, the random-number state of every process and sampler) and
-everything needed to act without the dataset (``obs_dim``, ``act_dim``, the model config; the
-state mean/std and reward scale live in the model's buffers). It is read with
-``weights_only=True``, so loading a file never runs code from it.
+On top of the loop's fields (model, optimiser, scheduler, step, the random-number state of
+every process and sampler) an agent's file holds ``obs_dim``, ``act_dim``, the model config,
+the agent preset and the task; the state mean/std and reward scale live in the model's
+buffers. It is read with ``weights_only=True``, so loading a file never runs code from it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-import aaren_rl
+from aaren_rl.training.checkpoint import (  # noqa: F401 (public names of this module)
+    FORMAT,
+    FORMAT_VERSION,
+    CheckpointError,
+    existing_run_id,
+    new_run_id,
+    unwrap_model,
+    write_checkpoint,
+)
+from aaren_rl.training.checkpoint import load_checkpoint as _load_checkpoint
 
-FORMAT = "aaren-rl-checkpoint"
-FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format", "version", "step", "model_state", "obs_dim", "act_dim", "model_config")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file that is missing, unreadable or not ours (the message names the file)."""
-
-
-def new_run_id() -> str:
-    """A fresh identifier for a training run (stored in its checkpoints)."""
-    return uuid.uuid4().hex
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The bare module inside a DistributedDataParallel (or DataParallel) wrapper."""
-    return (
-        model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
-    )
 
 
 def _model_config_dict(model: nn.Module, agent_config: dict[str, Any]) -> dict[str, Any]:
@@ -64,9 +53,25 @@ def _model_dims(model: nn.Module) -> tuple[int, int]:
         ) from exc
 
 
-def existing_run_id(path: str | os.PathLike[str]) -> str | None:
-    """The run id stored in an existing checkpoint file (None if the file holds none)."""
-    return load_checkpoint(path).get("run_id")
+def checkpoint_fields(
+    model: nn.Module,
+    agent_config: dict[str, Any],
+    train_config: dict[str, Any],
+    task: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The top-level fields of a decision agent's checkpoint (besides the loop's own)."""
+    bare = unwrap_model(model)
+    obs_dim, act_dim = _model_dims(bare)
+    return {
+        "obs_dim": obs_dim,
+        "act_dim": act_dim,
+        "model_config": _model_config_dict(bare, agent_config),
+        "agent_config": agent_config,
+        "train_config": train_config,
+        "task": task,
+        "extra": extra or {},
+    }
 
 
 def save_checkpoint(
@@ -84,104 +89,33 @@ def save_checkpoint(
     run_id: str | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write a checkpoint atomically (temp file in the same folder, then ``os.replace``).
+    """Write a decision agent's checkpoint atomically (see
+    :func:`aaren_rl.training.checkpoint.write_checkpoint`).
 
     An existing file at ``path`` is replaced only if it belongs to the same run (same
-    ``run_id``) or ``overwrite=True``; otherwise a :class:`CheckpointError` says so, so a new
-    run never silently destroys another run's checkpoint. ``rng_state``, ``extra`` and the
-    configs must hold only tensors, numbers, strings, None, lists, tuples and dicts.
+    ``run_id``) or ``overwrite=True``; otherwise a :class:`CheckpointError` says so.
     """
-    path = Path(path)
-    bare = unwrap_model(model)
-    if path.exists() and not overwrite:
-        try:
-            previous = existing_run_id(path)
-        except CheckpointError:
-            previous = None
-        if run_id is None or previous != run_id:
-            raise CheckpointError(
-                f"{path}: a checkpoint of another run is already there "
-                f"(its run id {previous!r}, this run {run_id!r}); resume that run, choose "
-                "another output folder, or pass overwrite=True to replace it"
-            )
-    obs_dim, act_dim = _model_dims(bare)
-    payload = {
-        "format": FORMAT,
-        "version": FORMAT_VERSION,
-        "library_version": aaren_rl.__version__,
-        "torch_version": str(torch.__version__),
-        "run_id": run_id,
-        "step": int(step),
-        "obs_dim": obs_dim,
-        "act_dim": act_dim,
-        "model_config": _model_config_dict(bare, agent_config),
-        "model_state": {k: v.detach().cpu() for k, v in bare.state_dict().items()},
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "agent_config": agent_config,
-        "train_config": train_config,
-        "task": task,
-        "rng_state": rng_state,
-        "extra": extra or {},
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; keep the usual mode
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    fields = checkpoint_fields(model, agent_config, train_config, task, extra)
+    return write_checkpoint(
+        path,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        step=step,
+        rng_state=rng_state,
+        run_id=run_id,
+        overwrite=overwrite,
+        **fields,
+    )
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (tensors mapped to ``map_location``).
+    """Read a decision agent's checkpoint (tensors mapped to ``map_location``).
 
     A missing path, a file that is not a torch file, or a torch file that is not an aaren-rl
     checkpoint raises :class:`CheckpointError` naming the file and what was expected.
     """
-    path = Path(path)
-    if path.is_dir() and (path / "checkpoint.pt").is_file():
-        path = path / "checkpoint.pt"
-    if not path.exists():
-        raise CheckpointError(
-            f"{path}: no such checkpoint; pass the checkpoint.pt written by `aaren-rl train` "
-            "(or its output folder)"
-        )
-    if not path.is_file():
-        raise CheckpointError(f"{path}: is a folder without a checkpoint.pt inside")
-    try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many kinds for a truncated or foreign file
-        raise CheckpointError(
-            f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc)[:200]}); "
-            "the file is truncated, corrupt or not written by aaren-rl"
-        ) from exc
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{path}: a torch file, but not an aaren-rl checkpoint (no format={FORMAT!r} key)"
-        )
-    if data.get("version", 0) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: checkpoint format version {data['version']} is newer than this library "
-            f"reads ({FORMAT_VERSION}); upgrade aaren-rl"
-        )
-    missing = [k for k in REQUIRED_KEYS if k not in data]
-    if missing:
-        raise CheckpointError(f"{path}: checkpoint lacks the keys {missing}")
-    return data
+    return _load_checkpoint(path, map_location=map_location, required=REQUIRED_KEYS)
 
 
 def load_agent(

@@ -1,0 +1,494 @@
+"""The one training loop: AdamW, warmup, clipping, evaluation, checkpoints, exact resume.
+
+:class:`TrainingLoop` runs single-process or under ``torchrun`` with DistributedDataParallel
+(gloo on CPU, NCCL on GPU) with no change of code: each process draws its own share of the
+global batch from a sampler seeded by its rank, and only rank 0 writes logs and checkpoints.
+Checkpoints hold every process's random-number and sampler state, so a resumed run draws the
+same batches and dropout masks as one that never stopped.
+
+A model plugs in three things:
+
+- its **sampler**: ``make_sampler(seed) -> sampler`` with ``sample(n) -> batch``,
+  ``state_dict()`` and ``load_state_dict()`` (the batch: a mapping of tensors/arrays, or an
+  object with ``to_torch(device)``);
+- its **loss**: :meth:`TrainingLoop.compute_loss` (override, or pass ``loss_fn(model, batch)``);
+- its **evaluation**: :meth:`TrainingLoop.evaluate` returning records (objects with
+  ``to_dict()`` or mappings; ``step`` and numeric fields go to TensorBoard under ``eval/``).
+
+and, optionally, the top-level fields its checkpoints carry (:meth:`checkpoint_fields`) and
+the ``metrics.json`` it writes at the end (:meth:`metrics_payload`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from aaren_rl.training.checkpoint import (
+    load_checkpoint,
+    new_run_id,
+    unwrap_model,
+    write_checkpoint,
+)
+from aaren_rl.training.config import LoopConfig
+from aaren_rl.training.distributed import DistContext, derived_seed
+from aaren_rl.training.files import write_json_atomic
+from aaren_rl.training.rng import capture_rng_state, restore_rng_state, seed_everything
+from aaren_rl.training.schedule import LRSchedule
+
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.json"
+EVAL_LOG_NAME = "eval.jsonl"
+
+LossFn = Callable[[nn.Module, Any], torch.Tensor]
+
+
+@dataclass
+class LoopResult:
+    """What one call of :meth:`TrainingLoop.train` did (``model``: the trained, unwrapped
+    model; ``evaluations``: the records :meth:`TrainingLoop.evaluate` returned)."""
+
+    start_step: int
+    end_step: int
+    losses: list[float]
+    evaluations: list[Any]
+    finished: bool
+    out_dir: Path | None
+    seconds: float
+    model: nn.Module | None = None
+
+
+def model_config_dict(model: nn.Module) -> dict[str, Any] | None:
+    """The model's dataclass ``config`` as a dict (None when it has none)."""
+    config = getattr(unwrap_model(model), "config", None)
+    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else None
+
+
+def batch_to_device(batch: Any, device: torch.device) -> Any:
+    """Tensors (and numpy arrays) of a batch on ``device``: an object with ``to_torch``, a
+    mapping, a tuple/list, an array or a tensor."""
+    if hasattr(batch, "to_torch"):
+        return batch.to_torch(device)
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, np.ndarray):
+        return torch.from_numpy(batch).to(device)
+    if isinstance(batch, Mapping):
+        return {k: batch_to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(batch_to_device(v, device) for v in batch)
+    return batch
+
+
+def record_dict(record: Any) -> dict[str, Any]:
+    """An evaluation record as a plain dict (``to_dict()``, a dataclass or a mapping)."""
+    if hasattr(record, "to_dict"):
+        return dict(record.to_dict())
+    if dataclasses.is_dataclass(record):
+        return dataclasses.asdict(record)
+    return dict(record)
+
+
+class TrainingLoop:
+    """Trains ``model`` for ``config.steps`` optimiser steps on batches from a sampler.
+
+    Args:
+        model: the module to train, not yet wrapped in DDP.
+        make_sampler: ``seed -> sampler`` (called once with this process's seed).
+        config: a :class:`LoopConfig` (or a subclass of it).
+        out_dir: where checkpoint.pt, tb/, eval.jsonl and metrics.json go (None: nowhere).
+        dist_ctx: from :func:`~aaren_rl.training.distributed.setup_distributed` (default:
+            single process on ``model``'s device).
+        resume: continue from ``out_dir/checkpoint.pt`` if there is one. Without it an existing
+            checkpoint is an error, never overwritten.
+        progress: show a tqdm bar (rank 0 only).
+        loss_fn: ``(model, batch) -> scalar loss``; the default :meth:`compute_loss` calls it.
+        description: the progress bar's label.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        make_sampler: Callable[[int], Any],
+        config: LoopConfig,
+        out_dir: str | os.PathLike[str] | None = None,
+        dist_ctx: DistContext | None = None,
+        resume: bool = False,
+        progress: bool = True,
+        loss_fn: LossFn | None = None,
+        description: str = "train",
+    ) -> None:
+        self.cfg = config
+        self.ctx = dist_ctx or DistContext(device=next(model.parameters()).device)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.progress = progress
+        self.description = description
+        self._loss_fn = loss_fn
+        if self.cfg.batch_size % self.ctx.world_size:
+            raise ValueError(
+                f"train.batch_size={self.cfg.batch_size} must be divisible by the number of "
+                f"processes ({self.ctx.world_size})"
+            )
+        self.local_batch = self.cfg.batch_size // self.ctx.world_size
+
+        self.model = model.to(self.ctx.device)
+        rank_seed = derived_seed(self.cfg.seed, self.ctx.rank)
+        self.sampler = make_sampler(rank_seed)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=self.cfg.lr,
+            weight_decay=self.cfg.weight_decay,
+            betas=self.cfg.betas,
+        )
+        self.schedule = LRSchedule(
+            self.cfg.warmup_steps, self.cfg.steps, self.cfg.schedule, self.cfg.min_lr_ratio
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
+        self.step = 0
+        self.run_id = new_run_id()
+        # dropout masks: a stream per process, set after the (identical) initialisation
+        torch.manual_seed(rank_seed)
+        if self.ctx.device.type == "cuda":
+            torch.cuda.manual_seed(rank_seed)
+
+        ckpt = self.checkpoint_path
+        if ckpt is not None and ckpt.exists():
+            if not resume:
+                raise FileExistsError(
+                    f"{ckpt}: a checkpoint is already there; pass --resume (resume=True) to "
+                    "continue that run, or choose another output folder"
+                )
+            self._load(ckpt)
+
+        self.ddp: nn.Module = self.model
+        if self.ctx.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=ids)
+
+    # ---------------------------------------------------------------- plug-in points
+
+    def compute_loss(self, batch: Any) -> torch.Tensor:
+        """The training loss of one batch (already on the device), through ``self.ddp``."""
+        if self._loss_fn is None:
+            raise NotImplementedError(
+                f"{type(self).__name__}: pass loss_fn= or override compute_loss"
+            )
+        return self._loss_fn(self.ddp, batch)
+
+    def evaluate(self) -> list[Any]:
+        """Records of one evaluation at ``self.step`` (rank 0; the default: none)."""
+        return []
+
+    def checkpoint_fields(self) -> dict[str, Any]:
+        """Top-level fields every checkpoint of this model carries (besides the weights,
+        optimiser, scheduler, step and RNG; a ``model_config`` here replaces
+        :meth:`checkpoint_model_config`'s)."""
+        return {"train_config": self.cfg.to_dict()}
+
+    def checkpoint_model_config(self) -> dict[str, Any]:
+        """How to rebuild the model (stored as ``model_config``; compared on resume)."""
+        config = model_config_dict(self.model)
+        if config is None:
+            raise ValueError(
+                f"{type(unwrap_model(self.model)).__name__} has no dataclass `config`; "
+                "override checkpoint_model_config to say how to rebuild it"
+            )
+        return config
+
+    def metrics_payload(self, evaluations: list[Any], seconds: float) -> dict[str, Any]:
+        """What ``metrics.json`` holds at the end of a run."""
+        return {
+            "run_id": self.run_id,
+            "step": self.step,
+            "seed": self.cfg.seed,
+            "world_size": self.ctx.world_size,
+            "train_seconds_this_call": seconds,
+            "final_eval": [record_dict(r) for r in evaluations if _step_of(r) == self.step],
+        }
+
+    def log_eval(self, records: list[Any], writer: Any) -> None:
+        """Log evaluation records: numeric fields to TensorBoard (``eval/NAME``), each record
+        as one line of ``eval.jsonl``."""
+        if not records or not self.ctx.is_main:
+            return
+        for rec in records:
+            data = record_dict(rec)
+            if writer is not None:
+                step = int(data.get("step", self.step))
+                for key, value in data.items():
+                    if (
+                        key != "step"
+                        and isinstance(value, (int, float))
+                        and not isinstance(value, bool)
+                    ):
+                        writer.add_scalar(f"eval/{key}", value, step)
+            self.append_eval_log(data)
+
+    def append_eval_log(self, data: dict[str, Any]) -> None:
+        """Append one record to ``out_dir/eval.jsonl``."""
+        if self.out_dir is not None:
+            with open(self.out_dir / EVAL_LOG_NAME, "a") as handle:
+                handle.write(json.dumps(data) + "\n")
+
+    @contextmanager
+    def evaluation_mode(self) -> Iterator[None]:
+        """Eval mode, no gradients, and the training RNG streams untouched (forked)."""
+        devices = [self.ctx.device] if self.ctx.device.type == "cuda" else []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.random.fork_rng(devices=devices), torch.no_grad():
+                yield
+        finally:
+            self.model.train(was_training)
+
+    # ---------------------------------------------------------------- paths and state
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return self.out_dir / CHECKPOINT_NAME if self.out_dir is not None else None
+
+    def _load(self, path: Path) -> None:
+        data = load_checkpoint(path, map_location="cpu")
+        stored = data.get("model_config")
+        current = model_config_dict(self.model)
+        config_type = type(getattr(unwrap_model(self.model), "config", None))
+        if isinstance(stored, dict) and hasattr(config_type, "from_dict"):
+            # keys added since the checkpoint was written take their defaults
+            stored = dataclasses.asdict(
+                config_type.from_dict(stored, source=f"{path} model_config")
+            )
+        if current is not None and stored != current:
+            diff = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+            raise ValueError(
+                f"{path}: cannot resume: the checkpoint's model config differs in {diff} "
+                f"(checkpoint {[stored.get(k) for k in diff]}, now "
+                f"{[current.get(k) for k in diff]}); use the same settings or another --out"
+            )
+        try:
+            self.model.load_state_dict(data["model_state"])
+        except RuntimeError as exc:  # parameter names or shapes of another library version
+            detail = str(exc).strip().splitlines()
+            raise ValueError(
+                f"{path}: cannot resume: the checkpoint's weights do not fit this model "
+                f"({' '.join(line.strip() for line in detail[:2])[:300]} ...); it was written by "
+                "another version of aaren-rl: train into another --out"
+            ) from exc
+        self.model.to(self.ctx.device)
+        if data.get("optimizer") is not None:
+            self.optimizer.load_state_dict(data["optimizer"])
+        if data.get("scheduler") is not None:
+            self.scheduler.load_state_dict(data["scheduler"])
+        self.step = int(data["step"])
+        self.run_id = data.get("run_id") or self.run_id
+        rng = data.get("rng_state") or {}
+        ranks = rng.get("ranks") or []
+        if rng.get("world_size") == self.ctx.world_size and len(ranks) > self.ctx.rank:
+            restore_rng_state(ranks[self.ctx.rank], self.sampler, self.ctx.device)
+        else:
+            warnings.warn(
+                f"{path}: saved with {rng.get('world_size')} process(es), resumed with "
+                f"{self.ctx.world_size}: random streams are re-seeded, so the continuation is "
+                "not bitwise identical to an uninterrupted run",
+                stacklevel=2,
+            )
+            seed = derived_seed(self.cfg.seed + self.step, self.ctx.rank)
+            seed_everything(seed)
+        old = data.get("train_config") or {}
+        changed = sorted(
+            k for k, v in self.cfg.to_dict().items() if k in old and old[k] != v and k != "steps"
+        )
+        if changed and self.ctx.is_main:
+            warnings.warn(f"{path}: resuming with changed train settings {changed}", stacklevel=2)
+
+    def _gather_rng(self) -> dict[str, Any]:
+        mine = capture_rng_state(self.sampler, self.ctx.device)
+        if not self.ctx.distributed:
+            return {"world_size": 1, "ranks": [mine]}
+        # send bytes, not tensors: all_gather_object's own unpickler mishandles tensors
+        buffer = io.BytesIO()
+        torch.save(mine, buffer)
+        gathered: list[Any] = [None] * self.ctx.world_size
+        dist.all_gather_object(gathered, buffer.getvalue())
+        ranks = [torch.load(io.BytesIO(b), weights_only=True) for b in gathered]
+        return {"world_size": self.ctx.world_size, "ranks": ranks}
+
+    def save(self) -> None:
+        """Write ``out_dir/checkpoint.pt`` (collective under DDP: every rank must call it)."""
+        rng = self._gather_rng()
+        if self.checkpoint_path is None or not self.ctx.is_main:
+            return
+        write_checkpoint(
+            self.checkpoint_path,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            step=self.step,
+            rng_state=rng,
+            run_id=self.run_id,
+            **{"model_config": self.checkpoint_model_config(), **self.checkpoint_fields()},
+        )
+
+    # ---------------------------------------------------------------- training
+
+    def next_batch(self) -> Any:
+        """This process's share of the next global batch, on the device."""
+        return batch_to_device(self.sampler.sample(self.local_batch), self.ctx.device)
+
+    def train_step(self) -> tuple[float, float]:
+        """One optimiser step on one batch; returns (loss, gradient norm before clipping)."""
+        loss = self.compute_loss(self.next_batch())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return float(loss.detach()), float(grad_norm)
+
+    def _mean_across_ranks(self, value: float) -> float:
+        if not self.ctx.distributed:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.ctx.device)
+        dist.all_reduce(t)
+        return float(t.item()) / self.ctx.world_size
+
+    def _evaluate_main(self) -> list[Any]:
+        return self.evaluate() if self.ctx.is_main else []
+
+    def train(self, stop_at: int | None = None) -> LoopResult:
+        """Train until ``config.steps`` (or ``stop_at``, then checkpoint and return).
+
+        Logs loss, learning rate and gradient norm every ``log_every`` steps, evaluates every
+        ``eval_every`` steps and at the end, checkpoints every ``checkpoint_every`` steps, at
+        ``stop_at``, at the end, and on Ctrl-C.
+        """
+        from tqdm.auto import tqdm
+
+        start = self.step
+        end = self.cfg.steps if stop_at is None else min(self.cfg.steps, int(stop_at))
+        writer = self._writer(start) if self.ctx.is_main else None
+        bar = tqdm(
+            total=self.cfg.steps,
+            initial=start,
+            unit="step",
+            desc=self.description,
+            disable=not (self.progress and self.ctx.is_main),
+            dynamic_ncols=True,
+            # a log file (no terminal) gets a line every 30 s, not one per step
+            mininterval=0.1 if sys.stderr.isatty() else 30.0,
+        )
+        losses: list[float] = []
+        evaluations: list[Any] = []
+        t0 = time.perf_counter()
+        window: list[float] = []
+        if start >= self.cfg.steps:  # resumed a finished run: evaluate only if never done
+            bar.close()
+            done = self.out_dir is not None and (self.out_dir / METRICS_NAME).is_file()
+            if not done:
+                evaluations = self._evaluate_main()
+                self.log_eval(evaluations, writer)
+                if self.ctx.is_main and self.out_dir is not None:
+                    self._write_metrics(evaluations, 0.0)
+            if writer is not None:
+                writer.close()
+            return self._result(start, start, [], evaluations, True, 0.0)
+        self.model.train()
+        try:
+            while self.step < end:
+                loss, grad_norm = self.train_step()
+                losses.append(loss)
+                window.append(loss)
+                bar.update(1)
+                if self.step % self.cfg.log_every == 0 or self.step == end:
+                    mean_loss = self._mean_across_ranks(float(np.mean(window)))
+                    window.clear()
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
+                    if writer is not None:
+                        writer.add_scalar("train/loss", mean_loss, self.step)
+                        writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.step)
+                        writer.add_scalar("train/grad_norm", grad_norm, self.step)
+                        elapsed = time.perf_counter() - t0
+                        writer.add_scalar(
+                            "train/steps_per_s", (self.step - start) / elapsed, self.step
+                        )
+                if self.step % self.cfg.checkpoint_every == 0 and self.step < end:
+                    self.save()
+                last = self.step == self.cfg.steps
+                periodic = self.cfg.eval_every > 0 and self.step % self.cfg.eval_every == 0
+                if periodic or last:
+                    records = self._evaluate_main()
+                    evaluations.extend(records)
+                    self.log_eval(records, writer)
+        except KeyboardInterrupt:
+            if not self.ctx.distributed:  # under DDP the other ranks may sit in a collective
+                bar.write(f"interrupted at step {self.step}: writing a checkpoint to resume from")
+                self.save()
+            raise
+        finally:
+            bar.close()
+        self.save()
+        finished = self.step >= self.cfg.steps
+        seconds = time.perf_counter() - t0
+        if finished and self.ctx.is_main and self.out_dir is not None:
+            self._write_metrics(evaluations, seconds)
+        if writer is not None:
+            writer.close()
+        return self._result(start, self.step, losses, evaluations, finished, seconds)
+
+    def _result(
+        self,
+        start: int,
+        end: int,
+        losses: list[float],
+        evaluations: list[Any],
+        finished: bool,
+        seconds: float,
+    ) -> Any:
+        """The value :meth:`train` returns (a subclass may return its own result type)."""
+        return LoopResult(
+            start, end, losses, evaluations, finished, self.out_dir, seconds, self.model
+        )
+
+    # ---------------------------------------------------------------- outputs
+
+    def _writer(self, start: int) -> Any:
+        if self.out_dir is None:
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        return SummaryWriter(str(self.out_dir / "tb"), purge_step=start if start > 0 else None)
+
+    def _write_metrics(self, evaluations: list[Any], seconds: float) -> None:
+        write_json_atomic(self.out_dir / METRICS_NAME, self.metrics_payload(evaluations, seconds))
+
+    def close(self) -> None:
+        """Leave the process group if this trainer joined it."""
+        if self.ctx.initialized_here and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _step_of(record: Any) -> int | None:
+    if hasattr(record, "step"):
+        return int(record.step)
+    if isinstance(record, Mapping) and "step" in record:
+        return int(record["step"])
+    return None
