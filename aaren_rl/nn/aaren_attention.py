@@ -12,7 +12,17 @@ Everything here works on scores and values already projected and split into head
 - ``resets``: ``[batch, time]`` bool, True restarts the memory at that token (a new episode);
   the token itself is the first one of the new segment.
 - ``mask``: ``[batch, time]`` bool, False marks padding: a padded token contributes nothing and
-  its own output is whatever the memory holds (zeros if it is empty).
+  its own output is whatever the memory holds (zeros if it is empty). Padding is selected away
+  (``torch.where``), never multiplied by 0, so even a NaN there changes nothing.
+
+Non-finite inputs follow one rule in all three forms. A token whose score is ``-inf`` has weight
+0. A real token whose score is NaN or ``+inf``, or whose value holds a NaN or inf (whatever its
+score), *poisons* the memory: the output of that head is NaN at that token and at every later
+token of the same segment, until a reset empties the memory. Tokens before it and other
+segments are untouched. A poisoned memory is marked by ``u = NaN`` (sticky under the combine).
+Nothing non-finite is ever turned into 0: an empty memory (``u == 0``) reads out as zeros, a
+poisoned one as NaN. (A value vector counts as non-finite when its sum is: finite entries near
+float's limit whose sum overflows poison too.)
 
 The memory is :class:`AarenState` ``(m, u, w)``: a running max ``m [B,H]``, a denominator
 ``u [B,H]`` and a numerator ``w [B,H,Dh]``, both relative to ``m``. Its size does not depend on
@@ -82,6 +92,44 @@ def _finite_or_zero(m: Tensor) -> Tensor:
     return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
 
 
+def _sanitize(scores: Tensor, values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Split tokens into safe arithmetic and a poison flag (the module docstring's rule).
+
+    ``scores [..., H]``, ``values [..., H, Dh]`` -> ``(poison [..., H] bool, safe_scores,
+    safe_values)``: a poisoning token's score becomes ``-inf`` (weight 0: its effect is carried
+    by the flag alone) and every non-finite value entry becomes 0, so no ``0 * inf`` can reach
+    another token through a sum or a matmul. A value vector is non-finite when its sum is (one
+    reduction instead of an elementwise test); the elementwise clean-up runs only when some
+    value needs it (always under ``torch.compile``, which cannot branch on data).
+    """
+    bad_score = torch.isnan(scores) | (scores == float("inf"))
+    bad_value = ~torch.isfinite(values.detach().sum(-1))
+    if torch.compiler.is_compiling() or bool(bad_value.any()):
+        values = torch.where(torch.isfinite(values), values, torch.zeros_like(values))
+    safe_scores = torch.where(bad_score, torch.full_like(scores, float("-inf")), scores)
+    return bad_score | bad_value, safe_scores, values
+
+
+def _canonical(state: AarenState) -> AarenState:
+    """``state`` with any non-finite memory (``m`` NaN or ``+inf``, ``u`` or ``w`` not finite)
+    marked poisoned (``u = NaN``) and its arithmetic made safe (``m = 0``, ``w = 0`` there)."""
+    bad = (
+        torch.isnan(state.m)
+        | (state.m == float("inf"))
+        | ~torch.isfinite(state.u + state.w.detach().sum(-1))
+    )
+    return AarenState(
+        torch.where(bad, torch.zeros_like(state.m), state.m),
+        torch.where(bad, torch.full_like(state.u, float("nan")), state.u),
+        torch.where(bad[..., None], torch.zeros_like(state.w), state.w),
+    )
+
+
+def _poison_state(state: AarenState, poison: Tensor) -> AarenState:
+    """Mark the memories where ``poison`` (shaped like ``u``) is True as poisoned (``u = NaN``)."""
+    return AarenState(state.m, torch.where(poison, float("nan"), state.u), state.w)
+
+
 def combine(a: AarenState, b: AarenState) -> AarenState:
     """The associative combine ``a + b`` (``a`` earlier, ``b`` later), elementwise over the batch.
 
@@ -105,10 +153,12 @@ def _where_state(cond: Tensor, a: AarenState, b: AarenState) -> AarenState:
 
 
 def read_out(state: AarenState) -> Tensor:
-    """The attention output ``w / u`` (``[..., head_dim]``); zeros where the memory is empty."""
+    """The attention output ``w / u`` (``[..., head_dim]``): zeros where the memory is empty
+    (``u == 0``), NaN where it is poisoned (``u`` NaN: a NaN is never read out as 0)."""
     u = state.u.unsqueeze(-1)
+    empty = u == 0
     return torch.where(
-        u > 0, state.w / torch.where(u > 0, u, torch.ones_like(u)), torch.zeros_like(state.w)
+        empty, torch.zeros_like(state.w), state.w / torch.where(empty, torch.ones_like(u), u)
     )
 
 
@@ -141,7 +191,7 @@ def _state_or_empty(state: AarenState | None, scores: Tensor, values: Tensor) ->
         raise ValueError(
             f"carried-in state has w {tuple(state.w.shape)}, expected {(batch, heads, head_dim)}"
         )
-    return state
+    return _canonical(state)
 
 
 def aaren_reference(
@@ -165,6 +215,8 @@ def aaren_reference(
     """
     resets, mask = _check_inputs(scores, values, resets, mask)
     state = _state_or_empty(state, scores, values)
+    poison, scores, values = _sanitize(scores, values)
+    poison = poison & mask[..., None]  # [B,T,H]: padding is selected away, whatever it holds
     _, t_len, _, _ = values.shape
     segment = torch.cumsum(resets.long(), dim=1)  # [B,T]
     idx = torch.arange(t_len, device=scores.device)
@@ -178,17 +230,24 @@ def aaren_reference(
         allowed[:, None], scores.transpose(1, 2)[:, :, None, :], neg_inf
     )  # [B,H,T,T]
     # the carried-in state as a virtual token at position -1, visible to segment 0 only
-    carry_logit = state.m + torch.log(state.u)  # [B,H]; -inf when empty
+    carry_poison = torch.isnan(state.u)  # [B,H]
+    carry = AarenState(state.m, torch.where(carry_poison, 0.0, state.u), state.w)
+    carry_logit = carry.m + torch.log(carry.u)  # [B,H]; -inf when empty
     carry_visible = (segment == 0)[:, None, :, None]  # [B,1,T,1]
     carry_logits = torch.where(carry_visible, carry_logit[:, :, None, None], neg_inf)  # [B,H,T,1]
     all_logits = torch.cat([carry_logits, logits], dim=-1)  # [B,H,T,1+T]
     row_max = _finite_or_zero(all_logits.amax(dim=-1, keepdim=True))
     weights = torch.exp(all_logits - row_max)  # [B,H,T,1+T]
-    carry_value = read_out(state)  # [B,H,Dh]
+    carry_value = read_out(carry)  # [B,H,Dh]
     all_values = torch.cat([carry_value[:, :, None], values.transpose(1, 2)], dim=2)  # [B,H,1+T,Dh]
     numer = weights @ all_values  # [B,H,T,Dh]
     denom = weights.sum(-1, keepdim=True)
     out = torch.where(denom > 0, numer / torch.where(denom > 0, denom, 1.0), 0.0)
+    # row t is poisoned by any poisoning token it may see, and by a poisoned carry
+    row_poison = (allowed[:, None] & poison.transpose(1, 2)[:, :, None, :]).any(-1) | (
+        carry_visible[..., 0] & carry_poison[:, :, None]
+    )  # [B,H,T]
+    out = torch.where(row_poison[..., None], torch.full_like(out, float("nan")), out)
     out = out.transpose(1, 2)  # [B,T,H,Dh]
     # final state: the memory that a next token would see = row T-1 of the same computation
     if t_len == 0:
@@ -196,7 +255,7 @@ def aaren_reference(
     last_max = row_max[:, :, -1, 0]  # [B,H]
     u_last = denom[:, :, -1, 0]
     m_last = torch.where(u_last > 0, last_max, torch.full_like(last_max, float("-inf")))
-    final = AarenState(m_last, u_last, numer[:, :, -1])
+    final = _poison_state(AarenState(m_last, u_last, numer[:, :, -1]), row_poison[:, :, -1])
     return out, final
 
 
@@ -248,6 +307,8 @@ def aaren_scan(
     batch, t_len, heads, head_dim = values.shape
     if t_len == 0:
         return values.new_zeros(values.shape), state
+    poison, scores, values = _sanitize(scores, values)
+    poison = poison & mask[..., None]  # [B,T,H]: padding is selected away, whatever it holds
     c = max(1, min(chunk_size, t_len))
     n_chunks = math.ceil(t_len / c)
     pad = n_chunks * c - t_len
@@ -256,6 +317,7 @@ def aaren_scan(
         values = torch.nn.functional.pad(values, (0, 0, 0, 0, 0, pad))
         resets = torch.nn.functional.pad(resets, (0, pad), value=False)
         mask = torch.nn.functional.pad(mask, (0, pad), value=False)
+        poison = torch.nn.functional.pad(poison, (0, 0, 0, pad), value=False)
 
     neg_inf = torch.tensor(float("-inf"), dtype=scores.dtype, device=scores.device)
     # [B, N, C, ...] chunked views; heads moved next to batch for the matmuls
@@ -263,6 +325,7 @@ def aaren_scan(
     v = values.view(batch, n_chunks, c, heads, head_dim).permute(0, 3, 1, 2, 4)  # [B,H,N,C,Dh]
     r = resets.view(batch, n_chunks, c)
     k = mask.view(batch, n_chunks, c)
+    bad = poison.view(batch, n_chunks, c, heads).permute(0, 3, 1, 2).long()  # [B,H,N,C]
 
     # 1. inside each chunk: exact causal masked softmax over [C, C]
     seg = torch.cumsum(r.long(), dim=2)  # segment id inside the chunk, [B,N,C]
@@ -273,7 +336,13 @@ def aaren_scan(
     logits = torch.where(allowed[:, None], s[..., None, :], neg_inf)  # [B,H,N,C,C]
     local_m = logits.amax(dim=-1)  # [B,H,N,C], -inf where nothing is visible
     p = torch.exp(logits - _finite_or_zero(local_m)[..., None])
-    local = AarenState(local_m, p.sum(-1), p @ v)  # u [B,H,N,C], w [B,H,N,C,Dh]
+    # a poisoning token reaches itself and the later tokens of its segment in the chunk: count
+    # them since the last reset at or before each token (O(C), no [C, C] work)
+    seen = torch.cumsum(bad, dim=-1)
+    at_reset = torch.where(r[:, None], seen - bad, torch.zeros_like(seen)).cummax(dim=-1).values
+    local = _poison_state(
+        AarenState(local_m, p.sum(-1), p @ v), seen > at_reset
+    )  # u [B,H,N,C], w [B,H,N,C,Dh]
 
     # 2. chunk summaries (the last token's local memory, and whether the chunk reset),
     #    with the carried-in state prepended as chunk -1; segmented scan across chunks
@@ -318,8 +387,11 @@ def aaren_step(
     """
     if reset is not None:
         state = reset_aaren_state(state, reset)
-    leaf = AarenState(score, torch.ones_like(score), value)
-    new = combine(state, leaf)
+    # The plain combine already carries any NaN or inf into u or w (NaN or inf stays non-finite
+    # under it); one reduction finds them and marks the memory poisoned, as the scan does.
+    new = combine(state, AarenState(score, torch.ones_like(score), value))
+    u = torch.where(torch.isfinite(new.u + new.w.sum(-1)), new.u, float("nan"))
+    new = AarenState(new.m, u, new.w)
     return read_out(new), new
 
 
