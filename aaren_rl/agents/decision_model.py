@@ -46,6 +46,8 @@ from torch import nn
 
 from aaren_rl.nn.backbone import Backbone, State
 
+from .step_checks import check_step_inputs
+
 BACKBONES = ("aaren", "transformer")
 STEP_MODES = ("recompute", "kv_cache")
 RETURN_TOKENS = ("separate", "merged")
@@ -419,6 +421,10 @@ class DecisionModel(nn.Module):
         Returns:
             ``(action [batch, act_dim], state)``. Call ``observe_action`` with the action that
             was executed before the next ``act``.
+
+        Raises:
+            NonFiniteInputError: a NaN or inf observation or return-to-go (the message names the
+                env, i.e. the batch row, and its timestep).
         """
         observation = torch.as_tensor(observation, device=self._device())
         if observation.dim() != 2:
@@ -430,6 +436,7 @@ class DecisionModel(nn.Module):
         return_to_go = torch.as_tensor(return_to_go, device=self._device())
         if tuple(return_to_go.shape) != (b,):
             raise ValueError(f"return_to_go has shape {tuple(return_to_go.shape)}; expected ({b},)")
+        check_step_inputs(timestep, observation=observation, return_to_go=return_to_go)
         t_emb = self._step_timestep(timestep, b)
         if state is None:
             state = self.initial_state(b)
@@ -446,6 +453,7 @@ class DecisionModel(nn.Module):
         action = torch.as_tensor(action, device=self._device())
         b = action.shape[0] if action.dim() == 2 else -1
         self._check_features(action, "action", self.act_dim, (b,))
+        check_step_inputs(timestep, action=action)
         t_emb = self._step_timestep(timestep, b)
         _, state = self.backbone.step(self._action_token(action, t_emb), state)
         return state

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from aaren_rl.nn.backbone import state_nbytes
 
 from .decision_model import DecisionModel
+from .step_checks import NonFiniteInputError, check_step_inputs
 
 
 @dataclass
@@ -168,7 +169,50 @@ def evaluate_agent(
             or ``"SameStep"``; both give the same episodes.
         record: keep every episode's inputs and actions in ``result.episodes``.
         progress: show a progress bar over episodes.
+
+    Raises:
+        NonFiniteInputError: an observation, reward, return-to-go or action was NaN or inf; the
+            message names ``env_id``, the env index and its step in the episode.
     """
+    try:
+        return _evaluate(
+            model,
+            env_id,
+            target_return,
+            n_episodes,
+            n_envs,
+            seed,
+            device,
+            max_episode_steps,
+            env_kwargs,
+            autoreset_mode=autoreset_mode,
+            record=record,
+            progress=progress,
+        )
+    except NonFiniteInputError as exc:
+        raise NonFiniteInputError(
+            f"rollout in {env_id} (target return {target_return:g}): {exc}",
+            name=exc.name,
+            env_index=exc.env_index,
+            step=exc.step,
+        ) from None
+
+
+def _evaluate(
+    model: torch.nn.Module,
+    env_id: str,
+    target_return: float,
+    n_episodes: int,
+    n_envs: int,
+    seed: int,
+    device: torch.device | str | None,
+    max_episode_steps: int | None,
+    env_kwargs: dict[str, Any] | None,
+    *,
+    autoreset_mode: str | AutoresetMode,
+    record: bool,
+    progress: bool,
+) -> RolloutResult:
     net = _unwrap(model)
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
@@ -245,6 +289,7 @@ def evaluate_agent(
                 env_ms.append((time.perf_counter() - t1) * 1e3)
 
                 reward = np.where(stepping, np.asarray(reward, dtype=np.float64), 0.0)
+                check_step_inputs(timestep, reward=reward)
                 ep_return += reward
                 ep_length += stepping
                 rtg -= reward
