@@ -16,7 +16,12 @@ import numpy as np
 
 from aaren_rl.data.errors import DatasetError
 from aaren_rl.data.paths import resolve_dataset_path
-from aaren_rl.data.trajectories import TrajectoryDataset, _check_finite, validate_transitions
+from aaren_rl.data.trajectories import (
+    TrajectoryDataset,
+    _check_finite,
+    _to_float32,
+    validate_transitions,
+)
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
 LAYOUT_HINT = (
@@ -39,12 +44,28 @@ def _decode(value: Any) -> np.ndarray:
     return arr
 
 
-def _read_group(group: h5py.Group, prefix: str, out: dict[str, np.ndarray]) -> None:
+def _read(obj: h5py.Dataset, path: Path, key: str) -> Any:
+    """All of ``obj``; a chunk that cannot be read or decompressed is a DatasetError."""
+    try:
+        return obj[()]
+    except (OSError, RuntimeError) as exc:  # h5py: "Can't synchronously read data (...)"
+        reason = " ".join(str(exc).split())
+        raise DatasetError.about(
+            path,
+            key,
+            f"could not be read: the data is corrupt or truncated on disk ({reason})",
+            "readable (and, when compressed, decompressible) chunks",
+            "rebuild or download the file again; `h5dump -d "
+            f"{key} FILE` shows which part is damaged",
+        ) from None
+
+
+def _read_group(group: h5py.Group, prefix: str, out: dict[str, np.ndarray], path: Path) -> None:
     """Every dataset under ``group`` as ``out[prefix/sub/path]``."""
 
     def visit(name: str, obj: Any) -> None:
         if isinstance(obj, h5py.Dataset):
-            out[f"{prefix}/{name}"] = _decode(obj[()])
+            out[f"{prefix}/{name}"] = _decode(_read(obj, path, f"{prefix}/{name}"))
 
     group.visititems(visit)
 
@@ -85,7 +106,7 @@ def _dataset(f: h5py.File, path: Path, key: str) -> np.ndarray:
         raise DatasetError.about(
             path, key, "is a group, not an array", LAYOUT_HINT, f"store {key!r} as one dataset"
         )
-    return obj[()]
+    return _read(obj, path, key)
 
 
 def read_d4rl_hdf5(path_or_name: str | Path, extras: bool = True) -> dict[str, np.ndarray]:
@@ -134,12 +155,12 @@ def read_d4rl_hdf5(path_or_name: str | Path, extras: bool = True) -> dict[str, n
                     f"the shape of 'observations', {out['observations'].shape}",
                     "store one next observation per transition",
                 )
-            nxt = nxt.astype(np.float32, copy=False)
+            nxt = _to_float32(nxt, "next_observations", str(path))
             _check_finite(nxt, "next_observations", str(path))
             out["next_observations"] = nxt
         if "infos" in f and isinstance(f["infos"], h5py.Group):
             infos: dict[str, np.ndarray] = {}
-            _read_group(f["infos"], "infos", infos)
+            _read_group(f["infos"], "infos", infos, path)
             for key, arr in infos.items():
                 if arr.ndim == 0 or arr.shape[0] != n:
                     raise DatasetError.about(
@@ -157,9 +178,9 @@ def read_d4rl_hdf5(path_or_name: str | Path, extras: bool = True) -> dict[str, n
             if isinstance(meta, h5py.Group):
                 for name, value in meta.attrs.items():
                     out[f"metadata/{name}"] = _decode(value)
-                _read_group(meta, "metadata", out)
+                _read_group(meta, "metadata", out, path)
             else:
-                out["metadata"] = _decode(meta[()])
+                out["metadata"] = _decode(_read(meta, path, "metadata"))
     return out
 
 

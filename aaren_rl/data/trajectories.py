@@ -28,6 +28,8 @@ class Episode:
         rewards: ``[T]`` float32.
         terminated: the episode ended on a terminal flag.
         truncated: the episode ended on a timeout, or the data ended mid-episode.
+        unfinished: the data ended mid-episode (no flag on its last step; ``truncated`` is set
+            too, as nothing terminated it): counted apart from timeouts in ``summary()``.
     """
 
     observations: np.ndarray
@@ -35,6 +37,7 @@ class Episode:
     rewards: np.ndarray
     terminated: bool
     truncated: bool
+    unfinished: bool = False
 
     def __len__(self) -> int:
         return int(self.rewards.shape[0])
@@ -70,11 +73,34 @@ def _as_flag(values: Any, name: str, source: str, n: int) -> np.ndarray:
         raise DatasetError.about(
             source,
             name,
-            f"holds {arr[i]!r} at index {i} ({bad.size} values that are neither 0 nor 1)",
+            f"holds {arr[i].item()} at index {i} ({bad.size} values that are neither 0 nor 1)",
             "flags of 0/1 or bool",
             "store the flags as bool",
         )
     return arr != 0
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _to_float32(arr: np.ndarray, name: str, source: str) -> np.ndarray:
+    """``arr`` as float32; finite values beyond float32's range are an error, not a silent inf."""
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > 4:
+        with np.errstate(invalid="ignore"):
+            too_big = np.isfinite(arr) & (np.abs(arr) > FLOAT32_MAX)
+        if too_big.any():
+            where = np.argwhere(too_big)
+            row = int(where[0][0])
+            value = float(arr[tuple(where[0])])
+            raise DatasetError.about(
+                source,
+                name,
+                f"holds {value:g} at row {row}, which overflows float32 (largest "
+                f"{FLOAT32_MAX:.4g}; {where.shape[0]} such values in all)",
+                "values within float32's range (data is trained on in float32)",
+                "rescale or clip those values, or remove those transitions",
+            )
+    return arr.astype(np.float32, copy=False)
 
 
 def _as_float_matrix(values: Any, name: str, source: str) -> np.ndarray:
@@ -93,7 +119,15 @@ def _as_float_matrix(values: Any, name: str, source: str) -> np.ndarray:
             "a 2-D array [num_transitions, dim]",
             "flatten each step's entry into a vector",
         )
-    return arr.astype(np.float32, copy=False)
+    if arr.shape[1] == 0:
+        raise DatasetError.about(
+            source,
+            name,
+            f"has shape {arr.shape}: vectors of 0 features",
+            "[num_transitions, dim] with dim >= 1",
+            "store at least one feature per step (the file may have been written empty)",
+        )
+    return _to_float32(arr, name, source)
 
 
 def _check_finite(arr: np.ndarray, name: str, source: str) -> None:
@@ -106,7 +140,7 @@ def _check_finite(arr: np.ndarray, name: str, source: str) -> None:
     raise DatasetError.about(
         source,
         name,
-        f"holds {value} at row {row} ({bad.shape[0]} non-finite values)",
+        f"holds {float(value)} at row {row} ({bad.shape[0]} non-finite values)",
         "finite numbers (no NaN or inf)",
         "remove or repair those transitions before loading",
     )
@@ -155,7 +189,7 @@ def validate_transitions(
         raise DatasetError.about(
             source, "rewards", f"has dtype {rew.dtype}", "numbers", "store numeric rewards"
         )
-    rew = rew.astype(np.float32, copy=False)
+    rew = _to_float32(rew, "rewards", source)
     term = _as_flag(terminals, "terminals", source, n)
     tout = (
         np.zeros(n, dtype=bool) if timeouts is None else _as_flag(timeouts, "timeouts", source, n)
@@ -273,6 +307,7 @@ class TrajectoryDataset:
             np.array([e.terminated for e in episodes], dtype=bool),
             np.array([e.truncated for e in episodes], dtype=bool),
             source,
+            np.array([e.unfinished for e in episodes], dtype=bool),
         )
 
     @classmethod
@@ -302,6 +337,12 @@ class TrajectoryDataset:
         starts, lengths, terminated, truncated = episode_bounds(
             flat["terminals"], flat["timeouts"], max_episode_steps
         )
+        # the data ends mid-episode: no flag on the last step and (when episodes are cut at a
+        # time limit) short of it
+        unfinished = np.zeros(lengths.shape[0], dtype=bool)
+        unfinished[-1] = not (flat["terminals"][-1] or flat["timeouts"][-1]) and (
+            max_episode_steps is None or lengths[-1] < max_episode_steps
+        )
         return cls.from_flat(
             flat["observations"],
             flat["actions"],
@@ -311,6 +352,7 @@ class TrajectoryDataset:
             truncated,
             source,
             starts=starts,
+            unfinished=unfinished,
         )
 
     @classmethod
@@ -324,6 +366,7 @@ class TrajectoryDataset:
         truncated: np.ndarray,
         source: str = "<arrays>",
         starts: np.ndarray | None = None,
+        unfinished: np.ndarray | None = None,
     ) -> TrajectoryDataset:
         """Build from flat, already validated arrays and explicit episode boundaries (no copy).
 
@@ -332,6 +375,7 @@ class TrajectoryDataset:
             lengths: ``[E]`` episode lengths (>= 1) summing to ``N``; episodes are back to back.
             terminated, truncated: ``[E]`` bool end flags of each episode.
             starts: ``[E]`` row offsets, or None to derive them from ``lengths``.
+            unfinished: ``[E]`` bool, episodes the data cut off mid-way (None: none).
         """
         lengths = np.asarray(lengths, dtype=np.int64)
         if starts is None:
@@ -340,7 +384,8 @@ class TrajectoryDataset:
             raise DatasetError.about(
                 source,
                 None,
-                f"episode lengths sum to {int(lengths.sum())} (min {lengths.min() if lengths.size else '-'})",
+                f"episode lengths sum to {int(lengths.sum())} "
+                f"(min {int(lengths.min()) if lengths.size else '-'})",
                 f"positive lengths summing to the {rewards.shape[0]} transitions",
             )
         dataset = cls.__new__(cls)
@@ -353,6 +398,7 @@ class TrajectoryDataset:
             np.asarray(terminated, dtype=bool),
             np.asarray(truncated, dtype=bool),
             source,
+            None if unfinished is None else np.asarray(unfinished, dtype=bool),
         )
         return dataset
 
@@ -366,7 +412,10 @@ class TrajectoryDataset:
         terminated: np.ndarray,
         truncated: np.ndarray,
         source: str,
+        unfinished: np.ndarray | None = None,
     ) -> None:
+        if unfinished is None:
+            unfinished = np.zeros(lengths.shape[0], dtype=bool)
         self.source = str(source)
         self.observations = observations
         self.actions = actions
@@ -384,12 +433,24 @@ class TrajectoryDataset:
         self._returns = csum[ends] - csum[starts]
         self.episodes = []
         self.returns_to_go = []
-        for s, n, term, trunc in zip(
-            starts.tolist(), lengths.tolist(), terminated.tolist(), truncated.tolist(), strict=True
+        for s, n, term, trunc, cut in zip(
+            starts.tolist(),
+            lengths.tolist(),
+            terminated.tolist(),
+            truncated.tolist(),
+            unfinished.tolist(),
+            strict=True,
         ):
             e = s + n
             self.episodes.append(
-                Episode(observations[s:e], actions[s:e], rewards[s:e], bool(term), bool(trunc))
+                Episode(
+                    observations[s:e],
+                    actions[s:e],
+                    rewards[s:e],
+                    bool(term),
+                    bool(trunc),
+                    bool(cut),
+                )
             )
             self.returns_to_go.append(self.rtg[s:e])
         mean = observations.mean(axis=0, dtype=np.float64)
@@ -424,7 +485,11 @@ class TrajectoryDataset:
         return np.arange(self.episode_lengths[index], dtype=np.int64)
 
     def summary(self) -> dict[str, float | int | str]:
-        """Counts and return statistics, e.g. for a dataset card."""
+        """Counts and return statistics, e.g. for a dataset card.
+
+        ``terminated``, ``truncated`` (timeouts and time-limit cuts) and ``unfinished`` (cut off
+        by the end of the data) count each episode once.
+        """
         returns = self._returns
         return {
             "source": self.source,
@@ -437,7 +502,8 @@ class TrajectoryDataset:
             "length_mean": float(self.episode_lengths.mean()),
             "length_max": self.max_episode_length,
             "terminated": int(sum(e.terminated for e in self.episodes)),
-            "truncated": int(sum(e.truncated for e in self.episodes)),
+            "truncated": int(sum(e.truncated and not e.unfinished for e in self.episodes)),
+            "unfinished": int(sum(e.unfinished for e in self.episodes)),
         }
 
     def __repr__(self) -> str:
