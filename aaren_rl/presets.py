@@ -52,9 +52,28 @@ def load(kind: str, name_or_path: str | Path) -> tuple[dict[str, Any], Path]:
     """Read a preset: returns (mapping, file it came from). Errors name the file."""
     path = resolve(kind, name_or_path)
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{path}: not UTF-8 text (byte {exc.start} cannot be decoded); save it as UTF-8 YAML"
+        ) from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({exc})") from exc
+        raise ValueError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of keys to values at the top level")
+        raise ValueError(
+            f"{path}: expected a mapping of keys to values at the top level, got "
+            f"{type(data).__name__}"
+        )
     return data, path
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line: the problem and where (``line 3, column 7``)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or str(exc)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + " ".join(str(problem).split())

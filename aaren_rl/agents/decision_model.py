@@ -95,8 +95,10 @@ class DecisionModelConfig:
         """Raise ``ValueError`` naming ``source`` and the key when a value is out of range."""
 
         def bad(key: str, expected: str) -> ValueError:
+            value = repr(getattr(self, key))
+            value = value if len(value) <= 60 else value[:57] + "..."
             return ValueError(
-                f"{source}: '{key}' is {getattr(self, key)!r}; expected {expected}. "
+                f"{source}: '{key}' is {value}; expected {expected}. "
                 "Fix that key in the agent preset."
             )
 
@@ -139,9 +141,11 @@ class DecisionModelConfig:
         if isinstance(d, DecisionModelConfig):
             return d
         if not isinstance(d, Mapping):
-            raise TypeError(f"{source}: expected a mapping of model settings, got {type(d)}")
+            raise ValueError(
+                f"{source}: 'model' must be a mapping of model settings, got {type(d).__name__}"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(str(k) for k in set(d) - known)
         if unknown:
             raise ValueError(
                 f"{source}: unknown model key(s) {unknown}; the known keys are {sorted(known)}. "

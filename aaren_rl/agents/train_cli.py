@@ -29,6 +29,7 @@ from aaren_rl.agents.trainer import (
     setup_distributed,
 )
 from aaren_rl.cli import add_threads_argument, apply_threads
+from aaren_rl.config_values import show
 
 AGENT_KEYS = ("name", "description", "model", "train", "protocols")
 
@@ -37,20 +38,48 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> N
     parts = dotted.split(".")
     if len(parts) != 2 or parts[0] not in ("model", "train"):
         raise ValueError(
-            f"{source}: override {dotted!r} must look like model.KEY=VALUE or train.KEY=VALUE"
+            f"{source}: --set {dotted!r} must look like model.KEY=VALUE or train.KEY=VALUE"
         )
     tree.setdefault(parts[0], {})[parts[1]] = value
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     """``["train.steps=100", "model.d_model=64"]`` -> ``{"train.steps": 100, ...}`` (YAML values)."""
+    from aaren_rl.presets import _yaml_problem
+
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. train.batch_size=32")
         key, raw = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(raw)
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ValueError(
+                f"--set {item!r}: the value is not valid YAML ({_yaml_problem(exc)})"
+            ) from None
     return out
+
+
+NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._+-")
+
+
+def _mapping(value: Any, source: str, where: str) -> dict[str, Any]:
+    """A preset section: a mapping (an empty entry, ``model:``, is an empty one)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"{source}: '{where}' must be a mapping of keys to values, got {type(value).__name__}"
+        )
+    return dict(value)
+
+
+def _validate(tree: dict[str, Any], source: str) -> None:
+    from aaren_rl.agents.decision_model import DecisionModelConfig
+
+    DecisionModelConfig.from_dict(tree["model"], source=source)
+    TrainConfig.from_dict(tree["train"], source=source)
 
 
 def resolve_agent(
@@ -68,39 +97,49 @@ def resolve_agent(
     """
     if isinstance(agent, dict):
         data, source = copy.deepcopy(agent), "<agent mapping>"
-        name = str(data.get("name", "custom"))
+        name = data.get("name", "custom")
     else:
         raw, path = presets.load("agents", agent)
         data, source = copy.deepcopy(raw), str(path)
-        name = str(data.get("name", path.stem))
-    unknown = sorted(set(data) - set(AGENT_KEYS))
+        name = data.get("name", path.stem)
+    unknown = sorted(str(k) for k in set(data) - set(AGENT_KEYS))
     if unknown:
         raise ValueError(f"{source}: unknown top-level key(s) {unknown}; expected {AGENT_KEYS}")
-    for section in ("model", "train"):
-        if not isinstance(data.get(section, {}), dict):
-            raise ValueError(f"{source}: '{section}' must be a mapping of keys to values")
-    model = dict(data.get("model") or {})
-    train = dict(data.get("train") or {})
+    if not isinstance(name, str) or not name or not set(name) <= NAME_CHARS or name[0] == ".":
+        raise ValueError(
+            f"{source}: 'name' is {name!r}; expected a name of letters, digits, '.', '_', '+' "
+            "or '-' (it names the run folder runs/NAME/...)"
+        )
+    model = _mapping(data.get("model"), source, "model")
+    train = _mapping(data.get("train"), source, "train")
     if protocol:
-        protocols = data.get("protocols") or {}
+        protocols = _mapping(data.get("protocols"), source, "protocols")
         if protocol not in protocols:
+            names = sorted(str(k) for k in protocols) or "none"
             raise ValueError(
-                f"{source}: no protocol {protocol!r}; the file defines {sorted(protocols) or 'none'}"
+                f"{source}: no protocol {protocol!r} under 'protocols'; the file defines {names}"
             )
-        chosen = protocols[protocol] or {}
-        bad = sorted(set(chosen) - {"model", "train", "description"})
+        chosen = _mapping(protocols[protocol], source, f"protocols.{protocol}")
+        bad = sorted(str(k) for k in set(chosen) - {"model", "train", "description"})
         if bad:
             raise ValueError(f"{source}: protocols.{protocol} has unknown key(s) {bad}")
-        model.update(chosen.get("model") or {})
-        train.update(chosen.get("train") or {})
+        model.update(_mapping(chosen.get("model"), source, f"protocols.{protocol}.model"))
+        train.update(_mapping(chosen.get("train"), source, f"protocols.{protocol}.train"))
     tree = {"model": model, "train": train}
+    where = source if not protocol else f"{source} (protocol {protocol})"
+    final = copy.deepcopy(tree)
     for dotted, value in (overrides or {}).items():
-        _set_dotted(tree, dotted, value, source)
-    from aaren_rl.agents.decision_model import DecisionModelConfig
-
-    # validate both sections now, so that errors name the file
-    DecisionModelConfig.from_dict(tree["model"], source=source)
-    TrainConfig.from_dict(tree["train"], source=source)
+        _set_dotted(final, dotted, value, source)
+    try:
+        _validate(final, where)
+    except ValueError:
+        # name what brought the bad value: the file itself, or the first --set that breaks it
+        _validate(tree, where)
+        for dotted, value in (overrides or {}).items():
+            _set_dotted(tree, dotted, value, source)
+            _validate(tree, f"--set {dotted}={show(value)} (over {where})")
+        raise
+    tree = final
     return {
         "name": name,
         "source": source,

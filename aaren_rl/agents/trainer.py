@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from aaren_rl.agents.checkpoint import checkpoint_fields
+from aaren_rl.config_values import apply_checks, choice, integer, number_list
 from aaren_rl.training.config import LoopConfig
 from aaren_rl.training.distributed import (  # noqa: F401 (public names of this module)
     DistContext,
@@ -65,22 +66,18 @@ class TrainConfig(LoopConfig):
     eval_envs: int = 5
     target_returns: list[float] | None = None
 
-    def __post_init__(self) -> None:
-        if self.target_returns is not None:
-            self.target_returns = [float(r) for r in self.target_returns]
-        super().__post_init__()
-
     def problems(self) -> list[str]:
-        problems = []
-        if self.sampler not in SAMPLERS:
-            problems.append(f"sampler={self.sampler!r} (expected one of {SAMPLERS})")
+        problems = apply_checks(self, {"sampler": lambda v: choice(v, SAMPLERS)})
         problems += super().problems()
-        if int(self.max_len) < 1:
-            problems.append(f"max_len={self.max_len!r} (expected >= 1)")
-        for name in ("eval_episodes", "eval_envs"):
-            if int(getattr(self, name)) < 0:
-                problems.append(f"{name}={getattr(self, name)!r} (expected >= 0)")
-        return problems
+        return problems + apply_checks(
+            self,
+            {
+                "max_len": lambda v: integer(v, 1),
+                "eval_episodes": lambda v: integer(v, 0),
+                "eval_envs": lambda v: integer(v, 0),
+                "target_returns": lambda v: None if v is None else number_list(v),
+            },
+        )
 
 
 def masked_action_mse(

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from aaren_rl import presets
+from aaren_rl.config_values import BadValue, integer, number, number_list, show, sorted_keys
 from aaren_rl.data.errors import DatasetError
 from aaren_rl.data.paths import BUILTIN_PREFIX, DATASET_SUFFIXES
 from aaren_rl.data.scores import normalized_score
@@ -137,29 +138,36 @@ def _string(raw: dict[str, Any], path: Path, key: str, default: str | None = Non
         raise _fail(path, key, "is missing")
     value = raw[key]
     if not isinstance(value, str) or not value.strip():
-        raise _fail(path, key, f"is {value!r}, not a non-empty string")
+        raise _fail(path, key, f"is {show(value)}, not a non-empty string")
     return value.strip()
 
 
-def _number(raw: dict[str, Any], path: Path, key: str) -> float:
+def _checked(
+    raw: dict[str, Any], path: Path, key: str, check: Any, expected: str, scalar: bool = True
+) -> Any:
+    """``check(raw[key])``; a missing key or a bad value is a DatasetError naming both
+    (for a ``scalar`` key, ``is VALUE, not a number`` when it is no number at all)."""
     if key not in raw:
         raise _fail(path, key, "is missing")
     value = raw[key]
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise _fail(path, key, f"is {value!r}, not a number")
-    return float(value)
+    try:
+        return check(value)
+    except BadValue as exc:
+        if scalar and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            hint = str(exc).partition(";")[2]
+            expected = "a number" + (f";{hint}" if hint else "")
+        raise _fail(path, key, f"is {show(value)}, not {expected}") from None
 
 
 def _pair(value: Any, path: Path, key: str) -> tuple[float, float]:
-    if (
-        not isinstance(value, list | tuple)
-        or len(value) != 2
-        or any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in value)
-    ):
-        raise _fail(path, key, f"holds {value!r}, not a [random, expert] pair of numbers")
-    low, high = float(value[0]), float(value[1])
+    try:
+        low, high = number_list(value, length=2)
+    except BadValue:
+        raise _fail(
+            path, key, f"holds {show(value)}, not a [random, expert] pair of finite numbers"
+        ) from None
     if not high > low:
-        raise _fail(path, key, f"holds {value!r}: the expert return must exceed the random one")
+        raise _fail(path, key, f"holds {show(value)}: the expert return must exceed the random one")
     return low, high
 
 
@@ -175,6 +183,8 @@ def _references(
         if not table:
             raise _fail(path, key, "names no reference table")
         use = choose or value.get("use") or raw.get("reference_source")
+        if use is not None and not isinstance(use, str):
+            raise _fail(path, key, f"has `use: {show(use)}`, not the name of one of its tables")
         if use is None:
             if len(table) != 1:
                 raise _fail(path, key, f"has several tables ({', '.join(table)}) but no `use:`")
@@ -184,7 +194,7 @@ def _references(
         use = choose or _string(raw, path, "reference_source")
         table = {use: pair}
     if use not in table:
-        raise _fail(path, key, f"has no table {use!r} (it has: {', '.join(table)})")
+        raise _fail(path, key, f"has no table {show(use)} (it has: {', '.join(table)})")
     return table[use], str(use), table
 
 
@@ -212,7 +222,7 @@ def task_from_dict(
         reference: pick this reference table instead of the file's ``use:``.
     """
     path = Path(path)
-    unknown = sorted(set(raw) - set(EXAMPLES))
+    unknown = sorted_keys(set(raw) - set(EXAMPLES))
     if unknown:
         raise DatasetError.about(
             path,
@@ -224,25 +234,23 @@ def task_from_dict(
     fmt = _string(raw, path, "dataset_format", default="d4rl")
     if fmt not in DATASET_FORMATS:
         raise _fail(path, "dataset_format", f"is {fmt!r}, not one of {DATASET_FORMATS}")
-    steps = _number(raw, path, "max_episode_steps")
-    if steps != int(steps) or steps < 1:
-        raise _fail(
-            path, "max_episode_steps", f"is {raw['max_episode_steps']!r}, not a positive integer"
-        )
-    scale = _number(raw, path, "reward_scale")
-    if not scale > 0:
-        raise _fail(path, "reward_scale", f"is {scale}, not positive")
+    steps = _checked(raw, path, "max_episode_steps", lambda v: integer(v, 1), "a positive integer")
+    scale = _checked(
+        raw, path, "reward_scale", lambda v: number(v, above=0.0), "positive (a finite number > 0)"
+    )
     targets = raw.get("target_returns")
     if targets is None:
         raise _fail(path, "target_returns", "is missing")
     if isinstance(targets, numbers.Real) and not isinstance(targets, bool):
         targets = [targets]
-    if (
-        not isinstance(targets, list | tuple)
-        or not targets
-        or any(isinstance(t, bool) or not isinstance(t, numbers.Real) for t in targets)
-    ):
-        raise _fail(path, "target_returns", f"is {targets!r}, not a list of numbers")
+    targets = _checked(
+        {"target_returns": targets},
+        path,
+        "target_returns",
+        number_list,
+        "a list of numbers (finite ones)",
+        scalar=False,
+    )
     refs, source, table = _references(raw, path, reference)
     return TaskSpec(
         name=_string(raw, path, "name", default=path.stem),

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from aaren_rl.config_values import apply_checks, choice, integer, number, number_list, sorted_keys
 from aaren_rl.training.schedule import SCHEDULES
 
 
@@ -35,33 +36,40 @@ class LoopConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
         problems = self.problems()
         if problems:
             raise ValueError("invalid train config: " + "; ".join(problems))
 
     def problems(self) -> list[str]:
-        """What is wrong with these settings (empty: nothing). Subclasses add theirs."""
-        problems = []
-        if self.schedule not in SCHEDULES:
-            problems.append(f"schedule={self.schedule!r} (expected one of {SCHEDULES})")
-        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
-            if int(getattr(self, name)) < 1:
-                problems.append(f"{name}={getattr(self, name)!r} (expected >= 1)")
-        for name in ("warmup_steps", "eval_every"):
-            if int(getattr(self, name)) < 0:
-                problems.append(f"{name}={getattr(self, name)!r} (expected >= 0)")
-        if not self.lr > 0:
-            problems.append(f"lr={self.lr!r} (expected > 0)")
-        if not self.grad_clip > 0:
-            problems.append(f"grad_clip={self.grad_clip!r} (expected > 0)")
-        return problems
+        """What is wrong with these settings (empty: nothing), one ``key=VALUE (expected ...)``
+        each; valid values are stored converted (``1.0e5`` steps -> 100000). Subclasses add
+        theirs."""
+        return apply_checks(
+            self,
+            {
+                "schedule": lambda v: choice(v, SCHEDULES),
+                "steps": lambda v: integer(v, 1),
+                "batch_size": lambda v: integer(v, 1),
+                "checkpoint_every": lambda v: integer(v, 1),
+                "log_every": lambda v: integer(v, 1),
+                "warmup_steps": lambda v: integer(v, 0),
+                "eval_every": lambda v: integer(v, 0),
+                "seed": lambda v: integer(v, 0),
+                "lr": lambda v: number(v, above=0.0),
+                "weight_decay": lambda v: number(v, minimum=0.0),
+                "min_lr_ratio": lambda v: number(v, minimum=0.0, maximum=1.0),
+                "grad_clip": lambda v: number(v, above=0.0, allow_inf=True),
+                "betas": lambda v: tuple(number_list(v, length=2, minimum=0.0, below=1.0)),
+            },
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "train config") -> Any:
         """Build from a mapping; an unknown key is an error naming ``source`` and the key."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: the train settings must be a mapping of keys to values")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted_keys(set(data) - known)
         if unknown:
             raise ValueError(
                 f"{source}: unknown train key(s) {unknown}; known keys: {sorted(known)}"
