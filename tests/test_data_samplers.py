@@ -157,6 +157,7 @@ def test_to_torch():
         "returns_to_go",
         "timesteps",
         "mask",
+        "episodes",  # each row's episode index, named by errors about the batch
     }
     assert tensors["observations"].dtype == torch.float32
     assert tensors["timesteps"].dtype == torch.int64 and tensors["mask"].dtype == torch.bool

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from aaren_rl.agents.trainer import (
 )
 from aaren_rl.cli import add_threads_argument, apply_threads
 from aaren_rl.config_values import show
+from aaren_rl.training.loop import NonFiniteLossError
 
 AGENT_KEYS = ("name", "description", "model", "train", "protocols")
 
@@ -272,12 +274,17 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, FileExistsError, ValueError, CheckpointError) as exc:
         print(f"aaren-rl train: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except NonFiniteLossError as exc:
+        print(f"aaren-rl train: stopped: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as exc:  # TrainingInterrupted: SIGINT or SIGTERM, checkpoint written
+        signum = getattr(exc, "signum", signal.SIGINT)
         print(
-            "aaren-rl train: interrupted; run the same command with --resume to continue",
+            f"aaren-rl train: interrupted ({signal.Signals(signum).name}); run the same command "
+            "with --resume to continue",
             file=sys.stderr,
         )
-        return 130
+        return 128 + int(signum)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"trained steps {result.start_step}..{result.end_step} -> {result.out_dir}")
         for rec in result.evaluations:

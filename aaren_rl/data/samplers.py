@@ -33,6 +33,8 @@ class SequenceBatch:
         returns_to_go: ``[B, K]`` float32, unscaled undiscounted suffix sums.
         timesteps: ``[B, K]`` int64, the step's index inside its episode.
         mask: ``[B, K]`` bool, True at real steps.
+        episodes: ``[B]`` int64, each row's episode index in the dataset (None if unknown):
+            what an error about this batch names.
     """
 
     observations: np.ndarray
@@ -41,12 +43,14 @@ class SequenceBatch:
     returns_to_go: np.ndarray
     timesteps: np.ndarray
     mask: np.ndarray
+    episodes: np.ndarray | None = None
 
     def to_torch(self, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
-        """The same fields as torch tensors on ``device`` (CPU when None)."""
+        """The same fields as torch tensors on ``device`` (CPU when None; None fields left out)."""
         return {
             f.name: torch.from_numpy(getattr(self, f.name)).to(device, non_blocking=True)
             for f in fields(self)
+            if getattr(self, f.name) is not None
         }
 
     @property
@@ -86,6 +90,7 @@ def gather_sequences(
         returns_to_go=dataset.rtg[rows] * mask_f,
         timesteps=np.where(mask, offsets[:, None] + steps, 0),
         mask=mask,
+        episodes=np.asarray(episodes, dtype=np.int64),
     )
 
 

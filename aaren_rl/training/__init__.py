@@ -17,7 +17,12 @@ from aaren_rl.training.distributed import (
     setup_distributed,
 )
 from aaren_rl.training.files import write_json_atomic
-from aaren_rl.training.loop import LoopResult, TrainingLoop
+from aaren_rl.training.loop import (
+    LoopResult,
+    NonFiniteLossError,
+    TrainingInterrupted,
+    TrainingLoop,
+)
 from aaren_rl.training.rng import capture_rng_state, restore_rng_state, seed_everything
 from aaren_rl.training.schedule import LRSchedule
 
@@ -26,6 +31,8 @@ __all__ = [
     "LRSchedule",
     "LoopConfig",
     "LoopResult",
+    "NonFiniteLossError",
+    "TrainingInterrupted",
     "TrainingLoop",
     "capture_rng_state",
     "derived_seed",

@@ -17,6 +17,18 @@ A model plugs in three things:
 
 and, optionally, the top-level fields its checkpoints carry (:meth:`checkpoint_fields`) and
 the ``metrics.json`` it writes at the end (:meth:`metrics_payload`).
+
+Nothing stops a run silently or half-way:
+
+- a non-finite loss or gradient stops the run *before* that update with a
+  :class:`NonFiniteLossError` naming the step and the batch (:meth:`describe_batch`: the
+  episode ids for a decision agent); the weights are untouched and the last good checkpoint is
+  kept, not overwritten;
+- SIGINT (Ctrl-C) and SIGTERM finish the current step, write a final checkpoint and raise
+  :class:`TrainingInterrupted`; under torchrun every process stops at the same step (the
+  processes agree on it each step), so the checkpoint is written under DDP too;
+- a SIGKILL at any point leaves the previous checkpoint intact (files are written to a temp
+  name and renamed); the temp file of a killed write is removed when the run resumes.
 """
 
 from __future__ import annotations
@@ -25,7 +37,9 @@ import dataclasses
 import io
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -56,6 +70,28 @@ METRICS_NAME = "metrics.json"
 EVAL_LOG_NAME = "eval.jsonl"
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss (or the gradient) of a step is NaN or inf: the run stops before that update.
+
+    ``step`` is the update that was refused (1-based, as logged), ``batch`` what
+    :meth:`TrainingLoop.describe_batch` says about the batch, ``checkpoint_step`` the step of
+    the last good checkpoint (None when none was written).
+    """
+
+    def __init__(self, message: str, *, step: int, batch: str, checkpoint_step: int | None) -> None:
+        super().__init__(message)
+        self.step, self.batch, self.checkpoint_step = step, batch, checkpoint_step
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the run after a final checkpoint (``signum``, ``step``)."""
+
+    def __init__(self, signum: int, step: int) -> None:
+        super().__init__(f"{signal.Signals(signum).name} at step {step}")
+        self.signum, self.step = signum, step
 
 
 @dataclass
@@ -160,6 +196,9 @@ class TrainingLoop:
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
         self.step = 0
+        self.saved_step: int | None = None  # the step of the last checkpoint on disk
+        self._signal: int | None = None  # a stop signal received and not yet acted on
+        self._agreed_signal: int | None = None  # the one every process stops for
         self.run_id = new_run_id()
         # dropout masks: a stream per process, set after the (identical) initialisation
         torch.manual_seed(rank_seed)
@@ -174,6 +213,9 @@ class TrainingLoop:
                     "continue that run, or choose another output folder"
                 )
             self._load(ckpt)
+            self.saved_step = self.step
+        if self.out_dir is not None and self.ctx.is_main:
+            self._remove_stale_temp_files()
 
         self.ddp: nn.Module = self.model
         if self.ctx.distributed:
@@ -195,6 +237,17 @@ class TrainingLoop:
     def evaluate(self) -> list[Any]:
         """Records of one evaluation at ``self.step`` (rank 0; the default: none)."""
         return []
+
+    def describe_batch(self, batch: Any) -> str:
+        """What a :class:`NonFiniteLossError` says about the batch: its ``episodes`` (or
+        ``ids``) entry when it has one, else its keys."""
+        if isinstance(batch, Mapping):
+            for key in ("episodes", "ids"):
+                if key in batch:
+                    ids = torch.as_tensor(batch[key]).flatten().tolist()
+                    return f"{key} {ids}"
+            return f"a batch with keys {sorted(batch)}"
+        return f"a batch of type {type(batch).__name__}"
 
     def checkpoint_fields(self) -> dict[str, Any]:
         """Top-level fields every checkpoint of this model carries (besides the weights,
@@ -345,6 +398,13 @@ class TrainingLoop:
             run_id=self.run_id,
             **{"model_config": self.checkpoint_model_config(), **self.checkpoint_fields()},
         )
+        self.saved_step = self.step
+
+    def _remove_stale_temp_files(self) -> None:
+        """Temp files of writes that a kill cut short (the real files were never touched)."""
+        for name in (CHECKPOINT_NAME, METRICS_NAME):
+            for stale in self.out_dir.glob(f".{name}.*.tmp"):
+                stale.unlink(missing_ok=True)
 
     # ---------------------------------------------------------------- training
 
@@ -353,15 +413,86 @@ class TrainingLoop:
         return batch_to_device(self.sampler.sample(self.local_batch), self.ctx.device)
 
     def train_step(self) -> tuple[float, float]:
-        """One optimiser step on one batch; returns (loss, gradient norm before clipping)."""
-        loss = self.compute_loss(self.next_batch())
+        """One optimiser step on one batch; returns (loss, gradient norm before clipping).
+
+        Raises :class:`NonFiniteLossError` (before the update: the weights stay as they were)
+        when the loss or the gradient is NaN or inf on any process.
+        """
+        batch = self.next_batch()
+        loss = self.compute_loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        loss_value, norm_value = float(loss.detach()), float(grad_norm)
+        bad_here = not (np.isfinite(loss_value) and np.isfinite(norm_value))
+        bad_anywhere = self._agree_on_stop(bad_here)
+        if bad_anywhere:
+            raise self._non_finite_error(loss_value, norm_value, batch, bad_here)
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        return float(loss.detach()), float(grad_norm)
+        return loss_value, norm_value
+
+    def _agree_on_stop(self, bad_here: bool) -> bool:
+        """Whether any process saw a non-finite loss; also shares the stop signals, so that
+        every process stops at the same step (one small all-reduce per step under DDP)."""
+        if not self.ctx.distributed:
+            return bad_here
+        flags = torch.tensor([float(bad_here), float(self._signal or 0)], dtype=torch.float64).to(
+            self.ctx.device
+        )
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        if flags[1] > 0:
+            self._agreed_signal = int(flags[1])
+        return bool(flags[0] > 0)
+
+    def _non_finite_error(
+        self, loss: float, grad_norm: float, batch: Any, bad_here: bool
+    ) -> NonFiniteLossError:
+        step = self.step + 1
+        described = self.describe_batch(batch)
+        where = f"rank {self.ctx.rank}: " if self.ctx.distributed else ""
+        what = (
+            f"the training loss is {loss} (gradient norm {grad_norm}) on {described}"
+            if bad_here
+            else f"another process's loss or gradient is not finite (here: loss {loss} on "
+            f"{described})"
+        )
+        if self.saved_step is None:
+            kept = "no checkpoint had been written yet"
+        else:
+            kept = (
+                f"the last good checkpoint {self.checkpoint_path} (step {self.saved_step}) is kept"
+            )
+        return NonFiniteLossError(
+            f"{where}step {step}: {what}. Training stopped before this update (the weights are "
+            f"unchanged) and {kept}. Fix: check those examples in the data, or lower train.lr "
+            "/ train.grad_clip; resume with --resume",
+            step=step,
+            batch=described,
+            checkpoint_step=self.saved_step,
+        )
+
+    @contextmanager
+    def _stop_signals(self) -> Iterator[None]:
+        """While training: SIGINT and SIGTERM ask for a stop after the current step (a second
+        one of the same kind acts at once, with the handler that was there before)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+
+        def ask_to_stop(signum: int, frame: Any) -> None:
+            self._signal = signum
+            signal.signal(signum, previous[signum])
+
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, ask_to_stop)
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def _mean_across_ranks(self, value: float) -> float:
         if not self.ctx.distributed:
@@ -411,36 +542,19 @@ class TrainingLoop:
                 writer.close()
             return self._result(start, start, [], evaluations, True, 0.0)
         self.model.train()
+        self._signal = self._agreed_signal = None
         try:
-            while self.step < end:
-                loss, grad_norm = self.train_step()
-                losses.append(loss)
-                window.append(loss)
-                bar.update(1)
-                if self.step % self.cfg.log_every == 0 or self.step == end:
-                    mean_loss = self._mean_across_ranks(float(np.mean(window)))
-                    window.clear()
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
-                    if writer is not None:
-                        writer.add_scalar("train/loss", mean_loss, self.step)
-                        writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.step)
-                        writer.add_scalar("train/grad_norm", grad_norm, self.step)
-                        elapsed = time.perf_counter() - t0
-                        writer.add_scalar(
-                            "train/steps_per_s", (self.step - start) / elapsed, self.step
-                        )
-                if self.step % self.cfg.checkpoint_every == 0 and self.step < end:
+            with self._stop_signals():
+                self._train_until(end, start, t0, bar, writer, losses, window, evaluations)
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, TrainingInterrupted):
+                # a KeyboardInterrupt in the middle of a step (a second Ctrl-C); under DDP the
+                # other ranks may sit in a collective, so only a single process saves here
+                if not self.ctx.distributed:
+                    bar.write(f"interrupted at step {self.step}: writing a checkpoint")
                     self.save()
-                last = self.step == self.cfg.steps
-                periodic = self.cfg.eval_every > 0 and self.step % self.cfg.eval_every == 0
-                if periodic or last:
-                    records = self._evaluate_main()
-                    evaluations.extend(records)
-                    self.log_eval(records, writer)
-        except KeyboardInterrupt:
-            if not self.ctx.distributed:  # under DDP the other ranks may sit in a collective
-                bar.write(f"interrupted at step {self.step}: writing a checkpoint to resume from")
-                self.save()
+            if writer is not None:
+                writer.close()
             raise
         finally:
             bar.close()
@@ -452,6 +566,58 @@ class TrainingLoop:
         if writer is not None:
             writer.close()
         return self._result(start, self.step, losses, evaluations, finished, seconds)
+
+    def _train_until(
+        self,
+        end: int,
+        start: int,
+        t0: float,
+        bar: Any,
+        writer: Any,
+        losses: list[float],
+        window: list[float],
+        evaluations: list[Any],
+    ) -> None:
+        """The steps of :meth:`train` up to ``end``; a stop signal ends them with a checkpoint."""
+        while self.step < end:
+            if self._signal is not None and not self.ctx.distributed:
+                self._agreed_signal = self._signal
+                self._stop_for_signal(bar)
+            loss, grad_norm = self.train_step()
+            losses.append(loss)
+            window.append(loss)
+            bar.update(1)
+            if self.step % self.cfg.log_every == 0 or self.step == end:
+                mean_loss = self._mean_across_ranks(float(np.mean(window)))
+                window.clear()
+                bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
+                if writer is not None:
+                    writer.add_scalar("train/loss", mean_loss, self.step)
+                    writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.step)
+                    writer.add_scalar("train/grad_norm", grad_norm, self.step)
+                    elapsed = time.perf_counter() - t0
+                    writer.add_scalar("train/steps_per_s", (self.step - start) / elapsed, self.step)
+            if self.step % self.cfg.checkpoint_every == 0 and self.step < end:
+                self.save()
+            last = self.step == self.cfg.steps
+            periodic = self.cfg.eval_every > 0 and self.step % self.cfg.eval_every == 0
+            if periodic or last:
+                records = self._evaluate_main()
+                evaluations.extend(records)
+                self.log_eval(records, writer)
+            if not self.ctx.distributed:
+                self._agreed_signal = self._signal
+            if self._agreed_signal is not None:  # under DDP: agreed on in train_step
+                self._stop_for_signal(bar)
+
+    def _stop_for_signal(self, bar: Any) -> None:
+        """Write the final checkpoint (every process, at the same step) and stop."""
+        signum = int(self._agreed_signal)
+        if self.ctx.is_main:
+            name = signal.Signals(signum).name
+            bar.write(f"{name} at step {self.step}: writing a checkpoint to resume from")
+        self.save()
+        raise TrainingInterrupted(signum, self.step)
 
     def _result(
         self,
