@@ -194,7 +194,18 @@ class Progress:
 
     def mark_output(self, path: Path, info: dict[str, Any]) -> None:
         self.fields["outputs"][str(path.resolve())] = info
+        self.fields.get("pending", {}).pop(str(path.resolve()), None)
         self.save()
+
+    def mark_pending(self, path: Path) -> None:
+        """Say, before writing ``path``, that this build is writing it: if the build is killed
+        after the file lands but before :meth:`mark_output`, the next run knows the file is its
+        own (and rebuilds it) instead of refusing it as someone else's."""
+        self.fields.setdefault("pending", {})[str(path.resolve())] = True
+        self.save()
+
+    def is_pending(self, path: Path) -> bool:
+        return str(path.resolve()) in self.fields.get("pending", {})
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -284,7 +295,9 @@ class Build:
             if self.progress.output_done(path) and not self.args.overwrite:
                 self.log(f"[make-dataset] {path} already built by this run; skipping")
                 continue
-            if path.exists() and not self.args.overwrite:
+            if self.progress.is_pending(path):
+                self.log(f"[make-dataset] {path} was being written when a run stopped; rebuilding")
+            elif path.exists() and not self.args.overwrite:
                 raise FileExistsError(
                     f"{path} already exists and was not written by this build "
                     f"(work folder {self.work}); pass --overwrite to replace it, "
@@ -399,6 +412,9 @@ class Build:
         buf = model.replay_buffer
         n = buf.buffer_size if buf.full else buf.pos
         self.save_policy(model, "medium")
+        # the buffer up to the snapshot is on disk before the snapshot is recorded: a build
+        # killed from here on rebuilds medium-replay from this checkpoint
+        self.save_checkpoint(model)
         self.progress.fields["medium"] = {
             "step": int(model.num_timesteps),
             "buffer_transitions": int(n),
@@ -431,6 +447,8 @@ class Build:
         """Model + replay buffer in a fresh folder, then point progress.json at it."""
         step = int(model.num_timesteps)
         folder = self.work / "checkpoints" / f"step-{step:09d}"
+        if self.progress.fields.get("checkpoint") == str(folder) and (folder / "sac.zip").exists():
+            return  # this step is saved already (deleting it to rewrite would open a gap)
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -509,6 +527,7 @@ class Build:
             **({"policy": self.policy_used[level]} if level in self.policy_used else {}),
             **(extra or {}),
         }
+        self.progress.mark_pending(path)
         write_d4rl(
             path,
             data,
