@@ -7,15 +7,19 @@ the environment (the batch row) and its timestep. ``DecisionModel.act`` and
 ``observe_action`` call it; a fast inference step built beside them calls the same function, so
 every step path refuses the same inputs with the same message.
 
-The check costs one ``isfinite`` per input and one host sync for all of them together; the
-details (which env, which entry) are worked out only when something is wrong.
+The check costs one ``isfinite`` per input (numpy's on the CPU, about 1 µs; on a GPU one host
+sync for all the inputs together); the details (which env, which entry) are worked out only
+when something is wrong.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
+
+_NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
 
 __all__ = ["NonFiniteInputError", "check_step_inputs", "FIXES"]
 
@@ -87,10 +91,15 @@ def check_step_inputs(
     given = [(name, x) for name, x in given if x.is_floating_point() or x.is_complex()]
     if not given:
         return
-    finite = [torch.isfinite(x).all() for _, x in given]
-    ok = finite[0]
-    for f in finite[1:]:
-        ok = ok & f
+    if all(x.device.type == "cpu" and x.dtype in _NUMPY_FLOATS for _, x in given):
+        # on the CPU numpy's test is several times cheaper than torch's for small inputs
+        finite = [bool(np.isfinite(x.numpy()).all()) for _, x in given]
+        ok = all(finite)
+    else:  # one host sync for all the inputs together
+        finite = [torch.isfinite(x).all() for _, x in given]
+        ok = finite[0]
+        for f in finite[1:]:
+            ok = ok & f
     if bool(ok):
         return
     for (name, x), f in zip(given, finite, strict=True):
