@@ -74,6 +74,53 @@ def test_loss_overflow_stops_the_cli_with_one_line(tmp_path, capsys):
     assert "episodes [" in err and ("is kept" in err or "no checkpoint had been written" in err)
 
 
+TORCHRUN_NAN_SCRIPT = """
+import os, sys
+import numpy as np
+from aaren_rl.agents.train_cli import run_training
+from aaren_rl.data.tasks import load_task
+from aaren_rl.training import NonFiniteLossError
+
+agent, task, out = sys.argv[1:4]
+spec = load_task(task)
+data = spec.load_dataset()
+start, length = int(data.episode_starts[3]), int(data.episode_lengths[3])
+data.actions[start : start + length] = np.nan  # only episode 3 is bad
+try:
+    run_training(agent, spec, out_dir=out, device="cpu", progress=False, dataset=data)
+except NonFiniteLossError as exc:
+    print(f"RANK {os.environ['RANK']} STOPPED {exc.step} {exc.checkpoint_step}", flush=True)
+    sys.exit(1)
+print(f"RANK {os.environ['RANK']} FINISHED", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_non_finite_loss_under_torchrun_stops_every_rank_without_a_hang(tmp_path):
+    agent, task = _write_presets(tmp_path, steps=60, checkpoint_every=2)
+    script = tmp_path / "ddp_nan.py"
+    script.write_text(textwrap.dedent(TORCHRUN_NAN_SCRIPT))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = subprocess.run(
+        [*cmd, str(script), str(agent), str(task), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=240,  # a rank left waiting in a collective would hang until here
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    said = proc.stdout + proc.stderr
+    stops = [  # "RANK r STOPPED step kept" -> (r, step, kept)
+        tuple(line.split()[i] for i in (1, 3, 4))
+        for line in proc.stdout.splitlines()
+        if "STOPPED" in line
+    ]
+    assert sorted(rank for rank, *_ in stops) == ["0", "1"], said[-3000:]
+    (_, step, kept), (_, step1, kept1) = stops
+    assert step == step1 and kept == kept1  # both ranks refused the same update
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == int(kept) == (int(step) - 1) // 2 * 2
+
+
 # ------------------------------------------------------------------ signals
 
 STEP_SCRIPT = """

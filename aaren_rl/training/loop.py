@@ -386,7 +386,10 @@ class TrainingLoop:
     def save(self) -> None:
         """Write ``out_dir/checkpoint.pt`` (collective under DDP: every rank must call it)."""
         rng = self._gather_rng()
-        if self.checkpoint_path is None or not self.ctx.is_main:
+        if self.checkpoint_path is None:
+            return
+        if not self.ctx.is_main:
+            self.saved_step = self.step  # rank 0 writes it; every rank knows it is there
             return
         write_checkpoint(
             self.checkpoint_path,
