@@ -170,13 +170,29 @@ def test_closed_loop_actions_equal_parallel_forward_on_the_rollout(aaren_run):
 def test_state_bytes_per_env_constant_for_aaren_and_growing_for_a_kv_cache(aaren_run):
     _, result = aaren_run
     d_head = SMALL["d_model"] // SMALL["n_heads"]
-    per_env = SMALL["n_layers"] * SMALL["n_heads"] * (d_head + 2) * 4
+    memory = SMALL["n_layers"] * SMALL["n_heads"] * (d_head + 2) * 4
+    # the fast step also holds the pending action a_t (float32), its timestep and a flag
+    per_env = memory + ACT_DIM * 4 + 8 + 1
     assert result.state_bytes_per_env_first == result.state_bytes_per_env_last == per_env
     assert result.state_bytes_per_env_max == per_env
     kv = rollout(make_model(**BACKBONES["transformer-kv-full"]), n_episodes=1, n_envs=1)
     assert kv.state_bytes_per_env_max > 10 * kv.state_bytes_per_env_first
     assert result.step_latency_ms > 0 and result.env_step_latency_ms > 0
     assert len(result.latency_ms_by_step) >= max(result.lengths)
+
+
+def test_fast_step_rollout_equals_the_models_own_step(aaren_run):
+    """The rollout steps Aaren with FastDecisionStep; the model's own step plays the same
+    episodes (same lengths, actions within float32 rounding)."""
+    model, fast = aaren_run
+    reference = rollout(model, fast_step=False)
+    assert reference.lengths.tolist() == fast.lengths.tolist()
+    for a, b in zip(reference.episodes, fast.episodes, strict=True):
+        np.testing.assert_allclose(b.actions, a.actions, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(fast.returns, reference.returns, rtol=1e-4, atol=1e-4)
+    d_head = SMALL["d_model"] // SMALL["n_heads"]
+    memory = SMALL["n_layers"] * SMALL["n_heads"] * (d_head + 2) * 4
+    assert reference.state_bytes_per_env_max == memory
 
 
 def test_episodes_are_shared_out_like_sb3_and_n_envs_is_capped():

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from aaren_rl.nn.backbone import state_nbytes
 
 from .decision_model import DecisionModel
+from .fast_step import FastDecisionStep, check_supported
 from .step_checks import NonFiniteInputError, check_step_inputs
 
 
@@ -109,6 +110,18 @@ def _unwrap(model: torch.nn.Module) -> DecisionModel:
     return inner
 
 
+def rollout_policy(net: DecisionModel, fast_step: bool = True) -> DecisionModel | FastDecisionStep:
+    """What steps the rollout: Aaren's :class:`FastDecisionStep` (same actions, fused weights)
+    where it can run the model and ``fast_step`` is set, else the model itself."""
+    if not fast_step:
+        return net
+    try:
+        check_supported(net)
+    except ValueError:  # a Transformer, or a post-norm Aaren: the model's own step
+        return net
+    return FastDecisionStep(net)
+
+
 def _autoreset_mode(mode: str | AutoresetMode) -> AutoresetMode:
     try:
         mode = AutoresetMode(mode)
@@ -151,6 +164,8 @@ def evaluate_agent(
     autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
     record: bool = False,
     progress: bool = False,
+    fast_step: bool = True,
+    vectorization_mode: str = "sync",
 ) -> RolloutResult:
     """Play ``n_episodes`` episodes of ``env_id`` with ``n_envs`` environments side by side.
 
@@ -169,6 +184,10 @@ def evaluate_agent(
             or ``"SameStep"``; both give the same episodes.
         record: keep every episode's inputs and actions in ``result.episodes``.
         progress: show a progress bar over episodes.
+        fast_step: step an Aaren model with :class:`FastDecisionStep` (the same actions within
+            float32 rounding, several times faster); False: the model's own ``act``.
+        vectorization_mode: ``"sync"`` (one process; measured the faster on one core for
+            MuJoCo: docs/performance.md) or ``"async"`` (a process per environment).
 
     Raises:
         NonFiniteInputError: an observation, reward, return-to-go or action was NaN or inf; the
@@ -188,6 +207,8 @@ def evaluate_agent(
             autoreset_mode=autoreset_mode,
             record=record,
             progress=progress,
+            fast_step=fast_step,
+            vectorization_mode=vectorization_mode,
         )
     except NonFiniteInputError as exc:
         raise NonFiniteInputError(
@@ -212,6 +233,8 @@ def _evaluate(
     autoreset_mode: str | AutoresetMode,
     record: bool,
     progress: bool,
+    fast_step: bool,
+    vectorization_mode: str,
 ) -> RolloutResult:
     net = _unwrap(model)
     if n_episodes < 1:
@@ -231,7 +254,7 @@ def _evaluate(
     envs = gym.make_vec(
         env_id,
         num_envs=n_envs,
-        vectorization_mode="sync",
+        vectorization_mode=vectorization_mode,
         vector_kwargs={"autoreset_mode": mode},
         **make_kwargs,
     )
@@ -239,6 +262,7 @@ def _evaluate(
     net.eval()
     try:
         _check_spaces(envs, net, env_id)
+        policy = rollout_policy(net, fast_step)
         low = torch.as_tensor(envs.single_action_space.low, dtype=torch.float32, device=device)
         high = torch.as_tensor(envs.single_action_space.high, dtype=torch.float32, device=device)
         targets = np.array([(n_episodes + i) // n_envs for i in range(n_envs)])
@@ -257,16 +281,16 @@ def _evaluate(
 
         obs, _ = envs.reset(seed=seed)
         with torch.inference_mode():
-            state = net.initial_state(n_envs, device=device)
+            state = policy.initial_state(n_envs, device=device)
             bar = tqdm(total=n_episodes, desc=f"eval {env_id}", unit="ep", disable=not progress)
             while (counts < targets).any():
                 t0 = time.perf_counter()
                 obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
                 t_t = torch.as_tensor(timestep, device=device)
                 rtg_t = torch.as_tensor(rtg, dtype=torch.float32, device=device)
-                action, state = net.act(obs_t, rtg_t, t_t, state)
+                action, state = policy.act(obs_t, rtg_t, t_t, state)
                 action = torch.maximum(torch.minimum(action.float(), high), low)
-                state = net.observe_action(action, t_t, state)
+                state = policy.observe_action(action, t_t, state)
                 action_np = action.cpu().numpy()
                 model_ms.append((time.perf_counter() - t0) * 1e3)
 
@@ -315,7 +339,7 @@ def _evaluate(
                 else:
                     new_episode = done
                 if new_episode.any():
-                    state = net.reset_state(state, torch.as_tensor(new_episode, device=device))
+                    state = policy.reset_state(state, torch.as_tensor(new_episode, device=device))
                     rtg[new_episode] = target
                     timestep[new_episode] = 0
                     ep_return[new_episode] = 0.0
@@ -387,11 +411,13 @@ def profile_steps(
     n_envs: int = 1,
     seed: int = 0,
     device: torch.device | str | None = None,
+    fast_step: bool = False,
 ) -> StepProfile:
     """Step the model ``n_steps`` times on random inputs (no environment) and time each step.
 
     Shows how time and memory per step behave over a long episode: flat for Aaren, growing
     for a full-attention KV cache, bounded by the window for Decision Transformer's recompute.
+    ``fast_step``: profile Aaren's :class:`FastDecisionStep` instead of the model's own step.
     """
     net = _unwrap(model)
     if device is not None:
@@ -404,13 +430,14 @@ def profile_steps(
     latency, nbytes = [], []
     try:
         with torch.inference_mode():
-            state = net.initial_state(n_envs, device=device)
+            policy = rollout_policy(net, fast_step)
+            state = policy.initial_state(n_envs, device=device)
             rtg = torch.zeros(n_envs, device=device)
             for t in range(n_steps):
                 ts = torch.full((n_envs,), t, dtype=torch.long, device=device)
                 t0 = time.perf_counter()
-                action, state = net.act(obs[t], rtg, ts, state)
-                state = net.observe_action(action, ts, state)
+                action, state = policy.act(obs[t], rtg, ts, state)
+                state = policy.observe_action(action, ts, state)
                 action.cpu()
                 latency.append((time.perf_counter() - t0) * 1e3)
                 nbytes.append(round(state_nbytes(state) / n_envs))

@@ -50,29 +50,20 @@ class AarenAttention(nn.Module):
         self.v_proj = nn.Linear(d_model, d_model)
         self.out_proj = nn.Linear(d_model, d_model)
         nn.init.normal_(self.query, std=1.0)
-        self._key_cache: tuple[tuple, tuple[Tensor, Tensor]] | None = None
 
     def score_weights(self) -> tuple[Tensor, Tensor]:
         """The collapsed key path: ``(kappa [heads, d_model], const [heads])`` with
         ``score(x) = x @ kappa.T + const``.
 
-        Without autograd (rollout) the result is cached until a parameter it depends on
-        changes (an optimiser step or ``load_state_dict`` bumps the tensors' versions).
+        Computed from the parameters on every call (a ``[D] x [D, D]`` product: cheap beside
+        the step). It is not cached: a cache keyed on the tensors' version counters misses
+        in-place writes through ``.data`` (``p.data.copy_``, ``p.data.add_``) and fused
+        optimisers (``AdamW(fused=True)``), which do not bump them, and would then score with
+        stale keys. A rollout that wants the work done once builds
+        :class:`~aaren_rl.agents.fast_step.FastDecisionStep`, which derives its weights at the
+        start of every rollout.
         """
-        params = (
-            self.query,
-            self.q_proj.weight,
-            self.q_proj.bias,
-            self.k_proj.weight,
-            self.k_proj.bias,
-        )
-        # parameters made under inference_mode carry no version counter: no cache for them
-        if torch.is_grad_enabled() or any(p.is_inference() for p in params):
-            return self._collapse_keys()
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
-        if self._key_cache is None or self._key_cache[0] != key:
-            self._key_cache = (key, self._collapse_keys())
-        return self._key_cache[1]
+        return self._collapse_keys()
 
     def _collapse_keys(self) -> tuple[Tensor, Tensor]:
         q = self.q_proj(self.query).view(self.n_heads, self.head_dim)  # [H, Dh]
