@@ -454,3 +454,83 @@ def test_every_device_gives_the_cpu_results(
         x.float(), resets=resets, mask=mask
     )
     torch.testing.assert_close(y32.cpu()[mask], ref32[mask], **F32)
+
+
+STEP_KINDS = {
+    "kv-full": dict(window=None),
+    "kv-window": dict(window=4),
+    "recompute": dict(window=4, step_mode="recompute"),
+}
+
+
+def _step_with_resets(net, x, resets_at, grad: bool):
+    """Step x [B, T, D] token by token; rows listed in ``resets_at[t]`` restart before t.
+    ``grad``: autograd on with parameters that require it (the concatenating cache);
+    otherwise no autograd (the preallocated, in-place cache)."""
+    ys = []
+    with torch.set_grad_enabled(grad):
+        state = net.initial_state(x.shape[0])
+        for t in range(x.shape[1]):
+            if t in resets_at:
+                done = torch.zeros(x.shape[0], dtype=torch.bool)
+                done[resets_at[t]] = True
+                state = net.reset_state(state, done)
+            y, state = net.step(x[:, t], state)
+            ys.append(y.detach())
+    return torch.stack(ys, dim=1), state
+
+
+def _buffer_length(t: torch.Tensor, dim: int) -> int:  # the buffer a cache view lives in
+    return getattr(t, "_kv_buffer", t).shape[dim]
+
+
+@pytest.mark.parametrize("kind", list(STEP_KINDS))
+def test_preallocated_cache_equals_the_concatenating_one(kind: str) -> None:
+    """The in-place cache (no autograd) gives the outputs and visible state of torch.cat's."""
+    net = make(n_layers=2, **STEP_KINDS[kind])
+    x = randn(3, 40, 16)
+    resets_at = {7: [1], 19: [0, 2], 20: [1]}
+    got, state = _step_with_resets(net, x, resets_at, grad=False)
+    want, want_state = _step_with_resets(net, x, resets_at, grad=True)
+    torch.testing.assert_close(got, want, **F64)
+    for key in want_state:
+        for a, b in zip(
+            state[key] if isinstance(state[key], tuple) else (state[key],),
+            want_state[key] if isinstance(want_state[key], tuple) else (want_state[key],),
+            strict=True,
+        ):
+            torch.testing.assert_close(a, b.detach(), **F64)
+    first = state["x"] if "x" in state else state["k"][0]
+    # the cache lives in a buffer with room after it, at most twice the live length (or 16)
+    live = first.shape[2 if "k" in state else 1]
+    assert live < _buffer_length(first, 2 if "k" in state else 1) <= max(16, 2 * (live + 1))
+
+
+def test_stepping_twice_from_one_state_is_safe() -> None:
+    """Branching: the second writer of a buffer gets a copy, the first branch is untouched."""
+    net = make(window=None)
+    x = randn(2, 12, 16)
+    with torch.no_grad():
+        _, state = step_all(net, x[:, :8])
+        y_a, branch_a = net.step(x[:, 8], state)
+        y_b, branch_b = net.step(x[:, 9], state)  # from the same state again
+        y_a2, _ = net.step(x[:, 10], branch_a)
+    with torch.enable_grad():
+        _, ref = step_all(net, x[:, :8])
+        ref_a, ref_state_a = net.step(x[:, 8], ref)
+        ref_b, _ = net.step(x[:, 9], ref)
+        ref_a2, _ = net.step(x[:, 10], ref_state_a)
+    torch.testing.assert_close(y_a, ref_a.detach(), **F64)
+    torch.testing.assert_close(y_b, ref_b.detach(), **F64)
+    torch.testing.assert_close(y_a2, ref_a2.detach(), **F64)
+    torch.testing.assert_close(branch_b["k"][0][:, :, :8], state["k"][0], **F64)
+
+
+def test_preallocated_cache_equals_one_forward_over_1000_tokens() -> None:
+    net = make(window=None, dtype=torch.float32, n_layers=1)
+    x = randn(1, 1000, 16, dtype=torch.float32)
+    with torch.no_grad():
+        expected, _ = net(x)
+        got, state = step_all(net, x)
+    torch.testing.assert_close(got, expected, **F32)
+    assert state_nbytes(state) == 1000 * (2 * 16 * 4 + 1)  # the live entries, exactly

@@ -21,6 +21,14 @@ Two ways to run it one token at a time (``step``):
 
 States carry a per-row validity mask, so ``reset_state`` restarts single rows of a batch (vector
 environments end episodes at different times) and padding or reset tokens are never attended to.
+
+Without autograd (a rollout), the cache is preallocated: a state's keys, values and validity
+mask are views into buffers with room after them, and a step writes its new entries in place
+(:func:`append_along`), so a token costs O(1) copying instead of the O(L) of ``torch.cat``. A
+full buffer is copied once into one twice the live length (amortised O(1)); a window slides
+by narrowing the view. Stepping twice from one state (branching) is safe: a buffer remembers
+where its last write ended, and a second writer gets a copy. With autograd the cache grows by
+``torch.cat``, so that nothing saved for backward is ever written over.
 """
 
 from __future__ import annotations
@@ -38,6 +46,75 @@ _STEP_MODES = ("kv_cache", "recompute")
 # kv_cache: {"k": tuple of [B, H, L, d_head] per layer, "v": same, "valid": [B, L] bool}
 # recompute: {"x": [B, L, d_model], "valid": [B, L] bool}
 TransformerState = dict[str, Any]
+
+
+_MIN_CAPACITY = 16
+
+
+def _view_of_buffer(buffer: torch.Tensor, dim: int, start: int, length: int) -> torch.Tensor:
+    """``buffer.narrow(dim, start, length)``, remembering its buffer (inference-mode views keep
+    no ``_base``, so the view carries it)."""
+    view = buffer.narrow(dim, start, length)
+    view._kv_buffer = buffer
+    return view
+
+
+def _buffer_start(t: torch.Tensor, dim: int) -> tuple[torch.Tensor, int] | None:
+    """``(buffer, start)`` when ``t`` is a slice along ``dim`` of the buffer it carries, else
+    None (then appending must copy)."""
+    buffer = getattr(t, "_kv_buffer", None)
+    if buffer is None or buffer.dim() != t.dim() or buffer.stride() != t.stride():
+        return None
+    if buffer.untyped_storage().data_ptr() != t.untyped_storage().data_ptr():
+        return None
+    if any(buffer.shape[i] != t.shape[i] for i in range(t.dim()) if i != dim):
+        return None
+    offset = t.storage_offset() - buffer.storage_offset()
+    step = buffer.stride(dim)
+    if offset < 0 or step == 0 or offset % step:
+        return None
+    return buffer, offset // step
+
+
+def append_along(t: torch.Tensor, new: torch.Tensor, dim: int) -> torch.Tensor:
+    """``torch.cat([t, new], dim)``, written in place after ``t`` where that is safe.
+
+    In place when autograd is not recording either tensor, ``t`` is a slice of a buffer with
+    room after it, and nothing was appended to that buffer since ``t`` was made (the buffer's
+    ``_append_end`` is ``t``'s end). Otherwise the result is a slice of a new buffer of twice
+    the result's length (``_MIN_CAPACITY`` at least), so later appends are in place.
+    """
+    if torch.is_grad_enabled() and (t.requires_grad or new.requires_grad):
+        return torch.cat([t, new], dim=dim)
+    length, extra = t.shape[dim], new.shape[dim]
+    found = _buffer_start(t, dim)
+    if found is not None:
+        buffer, start = found
+        end = start + length
+        if getattr(buffer, "_append_end", None) == end and end + extra <= buffer.shape[dim]:
+            buffer.narrow(dim, end, extra).copy_(new)
+            buffer._append_end = end + extra
+            return _view_of_buffer(buffer, dim, start, length + extra)
+    shape = list(t.shape)
+    shape[dim] = max(_MIN_CAPACITY, 2 * (length + extra))
+    buffer = torch.empty(shape, dtype=t.dtype, device=t.device)
+    buffer.narrow(dim, 0, length).copy_(t)
+    buffer.narrow(dim, length, extra).copy_(new)
+    buffer._append_end = length + extra
+    return _view_of_buffer(buffer, dim, 0, length + extra)
+
+
+def _keep_tail(t: torch.Tensor, dim: int, start: int) -> torch.Tensor:
+    """``t`` from position ``start`` along ``dim`` on: a view while its buffer is at most four
+    times as long (or the minimum capacity: a sliding window), else a compact copy (so a long
+    dead buffer is freed)."""
+    length = t.shape[dim] - start
+    found = _buffer_start(t, dim)
+    if found is not None and length > 0:
+        buffer, offset = found
+        if buffer.shape[dim] <= max(_MIN_CAPACITY, 4 * length):
+            return _view_of_buffer(buffer, dim, offset + start, length)
+    return t.narrow(dim, start, length).clone()
 
 
 def _check_bool(name: str, t: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor | None:
@@ -145,11 +222,16 @@ class CausalSelfAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, t, _ = x.shape
         q, k_new, v_new = self.project_kv(x)
-        k = torch.cat([past_k, k_new], dim=2)
-        v = torch.cat([past_v, v_new], dim=2)
+        k = append_along(past_k, k_new, dim=2)
+        v = append_along(past_v, v_new, dim=2)
         p = self.dropout if self.training else 0.0
         if allowed is None:  # plain causal attention over every key: let SDPA pick its kernel
-            if t == 1:
+            if t == 1 and p == 0.0 and x.device.type == "cpu":
+                # one query (a rollout step): two matrix-vector products. SDPA's CPU flash
+                # kernel is tiled for many queries and is ~30x slower here at 3,000 keys.
+                scores = (q @ k.transpose(-1, -2)).mul_(self.d_head**-0.5)
+                y = torch.softmax(scores, dim=-1) @ v
+            elif t == 1:
                 y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
             elif past_k.shape[2] == 0:
                 y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
@@ -307,8 +389,8 @@ class TransformerBackbone(nn.Module):
         if start == 0:
             return state
 
-        def cut(t: torch.Tensor, dim: int) -> torch.Tensor:  # a copy, so no long buffer stays alive
-            return t.narrow(dim, start, length - start).clone()
+        def cut(t: torch.Tensor, dim: int) -> torch.Tensor:
+            return _keep_tail(t, dim, start)
 
         new: TransformerState = {"valid": cut(valid, 1)}
         if "x" in state:
@@ -322,20 +404,26 @@ class TransformerBackbone(nn.Module):
     def _allowed(
         self,
         key_valid: torch.Tensor,
-        key_segment: torch.Tensor,
-        query_segment: torch.Tensor,
+        key_segment: torch.Tensor | None,
+        query_segment: torch.Tensor | None,
+        n_queries: int,
         dtype: torch.dtype,
     ) -> AttentionBias | None:
         """The attention mask, or None when it would be plain causal attention (no padding,
-        no reset, window wider than the keys), so that SDPA may use a fused kernel."""
+        no reset, window wider than the keys), so that SDPA may use a fused kernel.
+        ``key_segment``/``query_segment`` None: no reset (every position in segment 0)."""
         n_keys = key_valid.shape[1]
         plain = (
             (self.window is None or n_keys <= self.window)
             and bool(key_valid.all())
-            and bool((key_segment == 0).all())
+            and (key_segment is None or bool((key_segment == 0).all()))
         )
         if plain:
             return None
+        if key_segment is None or query_segment is None:  # no reset: one segment
+            b, device = key_valid.shape[0], key_valid.device
+            key_segment = torch.zeros(b, n_keys, dtype=torch.long, device=device)
+            query_segment = torch.zeros(b, n_queries, dtype=torch.long, device=device)
         allowed = attention_mask(key_valid, key_segment, query_segment, self.window)
         return attention_bias(allowed, dtype)
 
@@ -379,10 +467,8 @@ class TransformerBackbone(nn.Module):
             )
         if mask is None:
             mask = torch.ones(b, t, dtype=torch.bool, device=x.device)
-        if resets is None:
-            query_segment = torch.zeros(b, t, dtype=torch.long, device=x.device)
-        else:
-            query_segment = resets.long().cumsum(dim=1)
+        # None: no reset in the chunk (every position in segment 0; nothing O(L) to build)
+        query_segment = None if resets is None else resets.long().cumsum(dim=1)
         if self.step_mode == "recompute":
             return self._forward_recompute(x, state, query_segment, mask)
         return self._forward_cached(x, state, query_segment, mask)
@@ -391,15 +477,17 @@ class TransformerBackbone(nn.Module):
         self,
         x: torch.Tensor,
         state: TransformerState,
-        query_segment: torch.Tensor,
+        query_segment: torch.Tensor | None,
         mask: torch.Tensor,
     ) -> tuple[torch.Tensor, TransformerState]:
-        b = x.shape[0]
+        b, t, _ = x.shape
         past_len = state["valid"].shape[1]
-        past_segment = torch.zeros(b, past_len, dtype=torch.long, device=x.device)
-        key_segment = torch.cat([past_segment, query_segment], dim=1)
-        key_valid = torch.cat([state["valid"], mask], dim=1)
-        allowed = self._allowed(key_valid, key_segment, query_segment, x.dtype)
+        key_segment = None
+        if query_segment is not None:
+            past_segment = torch.zeros(b, past_len, dtype=torch.long, device=x.device)
+            key_segment = torch.cat([past_segment, query_segment], dim=1)
+        key_valid = append_along(state["valid"], mask, dim=1)
+        allowed = self._allowed(key_valid, key_segment, query_segment, t, x.dtype)
         ks, vs = [], []
         h = x
         for i, block in enumerate(self.blocks):
@@ -408,35 +496,35 @@ class TransformerBackbone(nn.Module):
             vs.append(v)
         y = h
         # After a reset inside the chunk, only the last segment stays visible to later calls.
-        last_segment = key_segment[:, -1:] if key_segment.shape[1] else key_segment
-        new_state = {
-            "k": tuple(ks),
-            "v": tuple(vs),
-            "valid": key_valid & (key_segment == last_segment),
-        }
+        if key_segment is not None and key_segment.shape[1]:
+            key_valid = key_valid & (key_segment == key_segment[:, -1:])
+        new_state = {"k": tuple(ks), "v": tuple(vs), "valid": key_valid}
         return y, self._trim(new_state)
 
     def _forward_recompute(
         self,
         x: torch.Tensor,
         state: TransformerState,
-        query_segment: torch.Tensor,
+        query_segment: torch.Tensor | None,
         mask: torch.Tensor,
     ) -> tuple[torch.Tensor, TransformerState]:
         b, t, _ = x.shape
         past_len = state["valid"].shape[1]
-        past_segment = torch.zeros(b, past_len, dtype=torch.long, device=x.device)
-        segment = torch.cat([past_segment, query_segment], dim=1)
-        valid = torch.cat([state["valid"], mask], dim=1)
-        inputs = torch.cat([state["x"].to(x.dtype), x], dim=1)
-        allowed = self._allowed(valid, segment, segment, x.dtype)
+        segment = None
+        if query_segment is not None:
+            past_segment = torch.zeros(b, past_len, dtype=torch.long, device=x.device)
+            segment = torch.cat([past_segment, query_segment], dim=1)
+        valid = append_along(state["valid"], mask, dim=1)
+        inputs = append_along(state["x"].to(x.dtype), x, dim=1)
+        allowed = self._allowed(valid, segment, segment, past_len + t, x.dtype)
         h = inputs
         empty = inputs.new_zeros(b, self.n_heads, 0, self.d_head)
         for block in self.blocks:
             h, _, _ = block(h, empty, empty, allowed)
         y = h[:, past_len:]
-        last_segment = segment[:, -1:] if segment.shape[1] else segment
-        new_state = {"x": inputs, "valid": valid & (segment == last_segment)}
+        if segment is not None and segment.shape[1]:
+            valid = valid & (segment == segment[:, -1:])
+        new_state = {"x": inputs, "valid": valid}
         return y, self._trim(new_state)
 
     def step(
