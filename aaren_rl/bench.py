@@ -123,6 +123,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume", action="store_true", help="keep the measurements of an existing bench.json"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    targets = parser.add_subparsers(dest="bench_target", metavar="TARGET")
+    agent = targets.add_parser(
+        "agent",
+        help="the decision agents: rollout latency, memory, training and evaluation time",
+        description="aaren-rl bench agent: see aaren_rl/bench_agent.py",
+    )
+    from aaren_rl import bench_agent
+
+    bench_agent.add_arguments(agent)
 
 
 # --------------------------------------------------------------------------- measuring
@@ -467,7 +476,12 @@ def _load_previous(path: Path, args: argparse.Namespace, config: dict[str, Any])
 
 
 def run(args: argparse.Namespace) -> int:
-    """Measure, print the tables, write bench.json and bench.png under ``args.out``."""
+    """Measure, print the tables, write bench.json and bench.png under ``args.out``
+    (``aaren-rl bench agent``: :mod:`aaren_rl.bench_agent`)."""
+    if getattr(args, "bench_target", None) == "agent":
+        from aaren_rl import bench_agent
+
+        return bench_agent.run(args)
     if args.quick:
         args.lengths = args.lengths or list(QUICK_LENGTHS)
         args.positions = args.positions or list(QUICK_POSITIONS)

@@ -48,6 +48,7 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -195,6 +196,21 @@ def fuse_weights(model: DecisionModel) -> FusedWeights:
     )
 
 
+def _cpu_array(x: Any, dtype: Any) -> np.ndarray:
+    """``x`` (tensor, array or list) as a C-contiguous numpy array of ``dtype`` (None: its own),
+    sharing memory where it can."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach()
+        if x.device.type != "cpu":
+            x = x.cpu()
+        a = x.numpy()
+    else:
+        a = np.asarray(x)
+    if dtype is not None and a.dtype != dtype:
+        a = a.astype(dtype)
+    return np.ascontiguousarray(a)
+
+
 def _causal_bias(n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     """``[n, n, 1]``: 0 where token i <= token j (causal), ``MASKED_SCORE`` elsewhere (added
     before the exponential: a later token's weight is exp(-2e30) = 0, never inf * 0)."""
@@ -314,6 +330,27 @@ class FastDecisionStep:
                 f"state holds {state.has_pending.shape[0]} rows but the input has {batch}"
             )
 
+    def _check_obs_rtg(self, obs_shape: tuple, rtg_shape: tuple) -> int:
+        if len(obs_shape) != 2 or obs_shape[1] != self.obs_dim:
+            raise ValueError(
+                f"observation has shape {tuple(obs_shape)} but the model expects "
+                f"(batch, {self.obs_dim}) (obs_dim={self.obs_dim})"
+            )
+        b = obs_shape[0]
+        if tuple(rtg_shape) != (b,):
+            raise ValueError(f"return_to_go has shape {tuple(rtg_shape)}; expected ({b},)")
+        return b
+
+    def _timestep_array(self, timestep: Any, batch: int) -> np.ndarray:
+        t = _cpu_array(timestep, None)
+        if t.shape != (batch,):
+            raise ValueError(f"timestep has shape {tuple(t.shape)}; expected ({batch},)")
+        if t.dtype.kind not in "iu":
+            raise TypeError("timestep must be an integer tensor (torch.long)")
+        if (t[0] < 0 if batch == 1 else batch and t.min() < 0) and t.dtype.kind == "i":
+            raise ValueError("timestep must be >= 0")
+        return t.astype(np.int64, copy=False)  # the kernel clamps at max_timestep - 1
+
     def act(
         self,
         observation: Tensor,
@@ -323,6 +360,15 @@ class FastDecisionStep:
     ) -> tuple[Tensor, FastState]:
         """``DecisionModel.act``: ``observation [B, obs_dim]``, ``return_to_go [B]`` (unscaled),
         ``timestep [B]`` -> ``(action [B, act_dim], state)``; the state is updated in place."""
+        if self._native is not None:  # CPU: checks and conversions on numpy, one kernel call
+            obs_np = _cpu_array(observation, np.float32)
+            rtg_np = _cpu_array(return_to_go, np.float32)
+            b = self._check_obs_rtg(obs_np.shape, rtg_np.shape)
+            t_np = self._timestep_array(timestep, b)
+            if state is None:
+                state = self.initial_state(b)
+            self._check_state(state, b)
+            return self._native.act(obs_np, rtg_np, t_np, state), state
         obs = torch.as_tensor(observation, device=self.device, dtype=self.dtype)
         if obs.dim() != 2 or obs.shape[1] != self.obs_dim:
             raise ValueError(
@@ -337,14 +383,25 @@ class FastDecisionStep:
         if state is None:
             state = self.initial_state(b)
         self._check_state(state, b)
-        if self._native is not None:
-            action = self._native.act(obs, rtg, t, state)
-        else:
-            action = self._act_torch(obs, rtg, t, state)
-        return action, state
+        return self._act_torch(obs, rtg, t, state), state
 
     def observe_action(self, action: Tensor, timestep: Tensor, state: FastState) -> FastState:
         """``DecisionModel.observe_action``: record a_t ``[B, act_dim]`` (fed with the next act)."""
+        if self._native is not None:
+            a_np = _cpu_array(action, np.float32)
+            b = state.has_pending.shape[0]
+            if a_np.shape != (b, self.act_dim):
+                raise ValueError(
+                    f"action has shape {tuple(a_np.shape)} but the model expects "
+                    f"({b}, {self.act_dim}) (act_dim={self.act_dim})"
+                )
+            self._check_state(state, b)
+            t_np = self._timestep_array(timestep, b)
+            views = self._native.views(state)
+            views[3][:] = a_np
+            views[4][:] = t_np
+            views[5][:] = True
+            return state
         a = torch.as_tensor(action, device=self.device, dtype=self.dtype)
         b = state.has_pending.shape[0]
         if a.shape != (b, self.act_dim):

@@ -337,6 +337,14 @@ class NumbaStep:
         clip = fast.clip if math.isfinite(fast.clip) else np.finfo(np.float32).max
         self.floats = np.array([fast.reward_scale, clip], dtype=np.float32)
         self._scratch: dict[int, tuple[np.ndarray, ...]] = {}
+        self._views: tuple[FastState, tuple[np.ndarray, ...]] | None = None
+
+    def views(self, state: FastState) -> tuple[np.ndarray, ...]:
+        """numpy views of ``state``'s six tensors (the last state's are kept: a rollout steps
+        one state, and making six views costs more than the kernel's smallest loops)."""
+        if self._views is None or self._views[0] is not state:
+            self._views = (state, tuple(t.numpy() for t in state))
+        return self._views[1]
 
     def scratch(self, batch: int) -> tuple[np.ndarray, ...]:
         """The buffers :func:`step` works in (see there), made once per batch size."""
@@ -355,24 +363,26 @@ class NumbaStep:
             )
         return self._scratch[batch]
 
-    def act(self, obs: torch.Tensor, rtg: torch.Tensor, t: torch.Tensor, state: FastState):
-        """One step for every row (see :func:`step`); the action as a new tensor."""
+    def act(self, obs: np.ndarray, rtg: np.ndarray, t: np.ndarray, state: FastState):
+        """One step for every row (``obs [B, obs_dim]``, ``rtg [B]`` float32, ``t [B]`` int64,
+        C order; see :func:`step`); the action as a new tensor."""
         b = obs.shape[0]
         x, xs, sv, o, hid, y, idx = self.scratch(b)
+        m, u, w, pa, pt, hp = self.views(state)
         step(
             self.ints,
             self.floats,
             self.flat,
             self.offs,
-            np.ascontiguousarray(obs.numpy()),
-            np.ascontiguousarray(rtg.numpy()),
-            np.ascontiguousarray(t.numpy()),
-            state.m.numpy(),
-            state.u.numpy(),
-            state.w.numpy(),
-            state.pending_action.numpy(),
-            state.pending_t.numpy(),
-            state.has_pending.numpy(),
+            obs,
+            rtg,
+            t,
+            m,
+            u,
+            w,
+            pa,
+            pt,
+            hp,
             x,
             xs,
             sv,

@@ -1,0 +1,851 @@
+"""``aaren-rl bench agent``: the decision agents' rollout and training costs, side by side.
+
+Four measurements, at the agent presets' size (width 128, 3 layers, 1 head, Hopper's 11
+observation and 3 action features), weights drawn at random (costs do not depend on them):
+
+1. Policy latency: wall time of one environment step (``act`` + ``observe_action``) per
+   environment, at 1, 16 and 64 environments, for Decision Aaren (its own step, and
+   :class:`~aaren_rl.agents.fast_step.FastDecisionStep` on numba and on PyTorch), Decision
+   Transformer's window recompute (K=20) and a full-attention Transformer KV cache at step t0
+   (1,000: its cache filled by one parallel forward). The agents take turns in rounds (one
+   block of steps each per round), so a load change on a shared machine hits them alike; the
+   median step is reported.
+2. Memory: the state bytes per environment (``state_nbytes``) after step t, up to 100,000 for
+   the fast step (and its exact constancy), and the process's resident and peak memory
+   (``/proc/self/statm``, ``getrusage``) at the same steps; the KV cache's and DT's bytes at
+   t <= 1,000 for comparison.
+3. Training: one forward + backward (mean-square loss) over ``[batch, T, 128]`` token
+   sequences, T = 60, 300, 3,000: wall time and peak tensor memory (``aaren_rl.bench``'s
+   instruments) for Aaren at several scan chunk sizes (the best is reported) and the causal
+   Transformer, fused (``is_causal``) and masked (one padded token: the explicit mask of any
+   padded or multi-episode batch).
+4. Evaluation: wall time of N (100,000) Hopper-v5 environment steps driven by the fast step in
+   synchronous and asynchronous vector environments, against the simulator alone at batch 1
+   (random actions, same resets).
+
+A short profile of the fast step closes the report (kernel against wrapper time at batch 1;
+the matrix-multiply floor at 64 environments). Everything is written to ``OUT/bench-agent.json``,
+``OUT/bench-agent.md`` and ``OUT/bench-agent-*.png``, stamped with the machine, the thread count
+and the versions. ``--quick`` is a smoke run with small sizes (the command's own test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aaren_rl.bench import format_bytes, format_table, peak_memory_bytes, train_pass, write_atomic
+from aaren_rl.cli import add_threads_argument, apply_threads
+from aaren_rl.nn.backbone import state_nbytes
+
+OBS_DIM, ACT_DIM = 11, 3
+ENV_ID = "Hopper-v5"
+STEM = "bench-agent"
+FULL = dict(
+    envs=(1, 16, 64),
+    kv_t=1000,
+    memory_steps=100_000,
+    reference_memory_steps=2_000,
+    memory_checkpoints=(1, 10, 100, 1_000, 10_000, 100_000),
+    lengths=(60, 300, 3000),
+    train_batch=8,
+    chunks=(16, 32, 64, 128, 256),
+    train_repeats=2,
+    eval_steps=100_000,
+    eval_modes=(("sync", 1), ("sync", 16), ("async", 2), ("async", 16)),
+    rounds=3,
+    block_seconds=1.0,
+)
+QUICK = dict(
+    envs=(1, 4),
+    kv_t=50,
+    memory_steps=300,
+    reference_memory_steps=50,
+    memory_checkpoints=(1, 10, 100, 300),
+    lengths=(60, 120),
+    train_batch=2,
+    chunks=(16, 64),
+    train_repeats=1,
+    eval_steps=300,
+    eval_modes=(("sync", 1), ("sync", 2)),
+    rounds=2,
+    block_seconds=0.05,
+)
+TARGETS = {"batch1_us": 83.0, "batch64_us": 20.0, "dt_ratio": 20.0, "train_ratio": 3.0}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``aaren-rl bench agent``."""
+    parser.add_argument("--out", type=Path, default=Path("docs"), help="output folder (docs)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: small sizes, seconds not minutes"
+    )
+    parser.add_argument(
+        "--eval-steps", type=int, default=None, help="Hopper env-steps per evaluation (100000)"
+    )
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="comma-separated sections to leave out: latency,memory,training,evaluation",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace existing results")
+    parser.add_argument("--seed", type=int, default=0)
+    add_threads_argument(parser, default=1)
+
+
+# --------------------------------------------------------------------------- the stamp
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def stamp(args: argparse.Namespace) -> dict[str, Any]:
+    """Machine, threads, versions and the command: what every result file carries."""
+    return {
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "machine": f"{_cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()}",
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "torch_threads": torch.get_num_threads(),
+        "versions": {
+            "python": sys.version.split()[0],
+            **{
+                n: _version(n)
+                for n in ("torch", "numpy", "numba", "gymnasium", "mujoco", "aaren-rl")
+            },
+        },
+        "git_commit": _git_commit(),
+        "quick": bool(args.quick),
+        "command": "aaren-rl bench agent " + " ".join(sys.argv[3:]),
+    }
+
+
+# --------------------------------------------------------------------------- the agents
+def make_agents(seed: int) -> dict[str, Any]:
+    """The policies compared, by label: objects with the decision model's step API."""
+    from aaren_rl.agents import fast_step_numba
+    from aaren_rl.agents.decision_model import build_decision_model
+    from aaren_rl.agents.fast_step import FastDecisionStep
+
+    def model(**cfg):
+        torch.manual_seed(seed)
+        return build_decision_model(cfg, OBS_DIM, ACT_DIM, reward_scale=1e-3).eval()
+
+    aaren = model(backbone="aaren")
+    agents: dict[str, Any] = {"aaren-reference": aaren}
+    if fast_step_numba.AVAILABLE:
+        agents["aaren-fast-numba"] = FastDecisionStep(aaren, backend="numba")
+    agents["aaren-fast-torch"] = FastDecisionStep(aaren, backend="torch")
+    agents["dt-recompute-k20"] = model(backbone="transformer", step_mode="recompute")
+    agents["transformer-kv-full"] = model(
+        backbone="transformer", step_mode="kv_cache", full_attention=True
+    )
+    return agents
+
+
+def _inputs(n_envs: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n_envs, OBS_DIM, generator=g), torch.full((n_envs,), 3600.0)
+
+
+def _kv_prefill(model, n_envs: int, t0: int, seed: int):
+    """The KV cache after ``t0`` steps, filled by one parallel forward."""
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.randn(n_envs, t0, OBS_DIM, generator=g)
+    act = torch.rand(n_envs, t0, ACT_DIM, generator=g) * 2 - 1
+    rtg = torch.full((n_envs, t0), 3600.0)
+    ts = torch.arange(t0).clamp_max(model.config.max_timestep - 1).repeat(n_envs, 1)
+    _, state = model(obs, act, rtg, ts)
+    return state
+
+
+class _Stepper:
+    """One agent stepping ``n_envs`` rows from its prepared state, timed step by step."""
+
+    def __init__(self, name: str, policy, n_envs: int, kv_t: int, seed: int) -> None:
+        self.name, self.policy, self.n_envs = name, policy, n_envs
+        self.obs, self.rtg = _inputs(n_envs, seed)
+        self.t = 0
+        if name == "transformer-kv-full":
+            self.state = _kv_prefill(policy, n_envs, kv_t, seed)
+            self.t = kv_t
+        else:
+            self.state = policy.initial_state(n_envs)
+            for _ in range(25):  # past DT's window, and the numba kernel compiled
+                self.step()
+        self.times: list[float] = []
+
+    def step(self) -> float:
+        ts = torch.full((self.n_envs,), self.t, dtype=torch.long)
+        t0 = time.perf_counter()
+        action, self.state = self.policy.act(self.obs, self.rtg, ts, self.state)
+        self.state = self.policy.observe_action(action, ts, self.state)
+        elapsed = time.perf_counter() - t0
+        self.t += 1
+        return elapsed
+
+    def block(self, seconds: float, min_steps: int = 3) -> None:
+        start = time.perf_counter()
+        n = 0
+        while n < min_steps or time.perf_counter() - start < seconds:
+            self.times.append(self.step())
+            n += 1
+
+
+def measure_latency(cfg: dict, seed: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Median µs per environment step, per agent and environment count (see the docstring)."""
+    records = []
+    with torch.inference_mode():
+        agents = make_agents(seed)
+        for n_envs in cfg["envs"]:
+            steppers = [
+                _Stepper(name, pol, n_envs, cfg["kv_t"], seed) for name, pol in agents.items()
+            ]
+            for _ in range(cfg["rounds"]):
+                for s in steppers:
+                    s.block(cfg["block_seconds"])
+            for s in steppers:
+                med = statistics.median(s.times)
+                records.append(
+                    {
+                        "agent": s.name,
+                        "n_envs": n_envs,
+                        "steps_timed": len(s.times),
+                        "step_us": med * 1e6,
+                        "us_per_env": med * 1e6 / n_envs,
+                        "t_at_start": cfg["kv_t"] if s.name == "transformer-kv-full" else 25,
+                    }
+                )
+                log(f"latency {s.name:22s} envs={n_envs:3d}: {med * 1e6 / n_envs:9.1f} µs/env")
+    return records
+
+
+# --------------------------------------------------------------------------- memory
+def _rss_bytes() -> int:
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _peak_rss_bytes() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def measure_memory(cfg: dict, seed: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """State bytes per environment and process memory against the step t."""
+    agents = make_agents(seed)
+    fast = agents.get("aaren-fast-numba", agents["aaren-fast-torch"])
+    checkpoints = set(cfg["memory_checkpoints"])
+    obs, rtg = _inputs(1, seed)
+    fast_rows = []
+    with torch.inference_mode():
+        state = fast.initial_state(1)
+        for t in range(1, cfg["memory_steps"] + 1):
+            ts = torch.full((1,), t - 1, dtype=torch.long)
+            action, state = fast.act(obs, rtg, ts, state)
+            state = fast.observe_action(action, ts, state)
+            if t in checkpoints:
+                row = {
+                    "t": t,
+                    "state_bytes_per_env": state_nbytes(state),
+                    "rss_bytes": _rss_bytes(),
+                    "peak_rss_bytes": _peak_rss_bytes(),
+                }
+                fast_rows.append(row)
+                log(f"memory fast t={t}: {row}")
+        ref = agents["aaren-reference"]
+        ref_state = ref.initial_state(1)
+        ref_bytes = set()
+        for t in range(cfg["reference_memory_steps"]):
+            ts = torch.full((1,), t, dtype=torch.long)
+            action, ref_state = ref.act(obs, rtg, ts, ref_state)
+            ref_state = ref.observe_action(action, ts, ref_state)
+            ref_bytes.add(state_nbytes(ref_state))
+        kv_rows = []
+        for t in sorted(c for c in checkpoints if c <= cfg["kv_t"]):
+            kv = _kv_prefill(agents["transformer-kv-full"], 1, t, seed)
+            dt = agents["dt-recompute-k20"]
+            dt_state = dt.initial_state(1)
+            for s in range(min(t, 25)):
+                ts = torch.full((1,), s, dtype=torch.long)
+                action, dt_state = dt.act(obs, rtg, ts, dt_state)
+                dt_state = dt.observe_action(action, ts, dt_state)
+            kv_rows.append(
+                {
+                    "t": t,
+                    "kv_cache_bytes": state_nbytes(kv),
+                    "dt_window_bytes": state_nbytes(dt_state),
+                }
+            )
+    sizes = {r["state_bytes_per_env"] for r in fast_rows}
+    peaks = [r["peak_rss_bytes"] for r in fast_rows if r["t"] >= 1000] or [
+        r["peak_rss_bytes"] for r in fast_rows
+    ]
+    return {
+        "fast_step": fast_rows,
+        "fast_state_bytes_constant": len(sizes) == 1,
+        "fast_state_bytes": sorted(sizes),
+        "reference_state_bytes": sorted(ref_bytes),
+        "reference_steps": cfg["reference_memory_steps"],
+        "peak_rss_growth_from_t1000": (max(peaks) - min(peaks)) / min(peaks) if peaks else None,
+        "transformer": kv_rows,
+    }
+
+
+# --------------------------------------------------------------------------- training
+def _set_chunk(net, chunk: int) -> None:
+    for layer in net.layers:
+        layer.attn.chunk_size = chunk
+
+
+def measure_training(cfg: dict, seed: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """fwd+bwd wall time and peak tensor memory against the sequence length."""
+    from aaren_rl.nn.aaren import AarenBackbone
+    from aaren_rl.nn.transformer import TransformerBackbone
+
+    device = torch.device("cpu")
+    size = dict(d_model=128, n_layers=3, n_heads=1)
+    torch.manual_seed(seed)
+    aaren, transformer = AarenBackbone(**size), TransformerBackbone(**size)
+    records = []
+    for length in cfg["lengths"]:
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(cfg["train_batch"], length, 128, generator=g)
+        padded = torch.ones(cfg["train_batch"], length, dtype=torch.bool)
+        padded[:, -1] = False
+        variants: list[tuple[str, Any, Any, int | None]] = [
+            (f"aaren-c{c}", aaren, None, c) for c in cfg["chunks"]
+        ]
+        variants += [("transformer", transformer, None, None)]
+        variants += [("transformer-masked", transformer, padded, None)]
+        for label, net, mask, chunk in variants:
+            if chunk is not None:
+                _set_chunk(net, chunk)
+            fn = train_pass(net, x, mask)
+            fn()  # warm-up
+            times = []
+            for _ in range(cfg["train_repeats"]):
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+            peak = peak_memory_bytes(fn, device)
+            rec = {
+                "variant": label,
+                "backbone": "aaren" if chunk is not None else "transformer",
+                "chunk": chunk,
+                "T": length,
+                "batch": cfg["train_batch"],
+                "seconds": statistics.median(times),
+                "tokens_per_second": cfg["train_batch"] * length / statistics.median(times),
+                "peak_bytes": peak,
+            }
+            records.append(rec)
+            log(f"training {label:20s} T={length:5d}: {rec['seconds']:.3f} s, {format_bytes(peak)}")
+    _set_chunk(aaren, 64)
+    return records
+
+
+def best_aaren(training: list[dict[str, Any]], length: int) -> dict[str, Any] | None:
+    rows = [r for r in training if r["backbone"] == "aaren" and r["T"] == length]
+    return min(rows, key=lambda r: r["seconds"]) if rows else None
+
+
+# --------------------------------------------------------------------------- evaluation
+def _episode_loop(envs, policy, n_steps: int, seed: int) -> float:
+    """Wall seconds for ``n_steps`` env-steps (all environments together) with ``policy``
+    (None: random actions, the simulator alone), resetting rows at episode ends."""
+    from gymnasium.vector import AutoresetMode
+
+    n = envs.num_envs
+    rng = np.random.default_rng(seed)
+    random_actions = rng.uniform(-1, 1, size=(1024, n, ACT_DIM)).astype(np.float32)
+    obs, _ = envs.reset(seed=seed)
+    rtg = np.full(n, 3600.0, dtype=np.float32)
+    timestep = np.zeros(n, dtype=np.int64)
+    pending_reset = np.zeros(n, dtype=bool)
+    state = policy.initial_state(n) if policy is not None else None
+    done_steps = 0
+    i = 0
+    start = time.perf_counter()
+    while done_steps < n_steps:
+        if policy is not None:
+            t = torch.from_numpy(timestep)
+            action, state = policy.act(
+                torch.from_numpy(obs.astype(np.float32)), torch.from_numpy(rtg), t, state
+            )
+            action = action.clamp(-1.0, 1.0)
+            state = policy.observe_action(action, t, state)
+            action = action.numpy()
+        else:
+            action = random_actions[i % 1024]
+        obs, reward, terminated, truncated, _ = envs.step(action)
+        stepping = ~pending_reset
+        done_steps += int(stepping.sum())
+        rtg -= np.where(stepping, reward, 0.0).astype(np.float32)
+        timestep += stepping
+        done = stepping & (terminated | truncated)
+        if getattr(envs, "autoreset_mode", AutoresetMode.NEXT_STEP) == AutoresetMode.NEXT_STEP:
+            new_episode, pending_reset = pending_reset, done
+        else:  # pragma: no cover - the default mode is NEXT_STEP
+            new_episode = done
+        if new_episode.any():
+            if policy is not None:
+                state = policy.reset_state(state, torch.from_numpy(new_episode))
+            rtg[new_episode] = 3600.0
+            timestep[new_episode] = 0
+        i += 1
+    return time.perf_counter() - start
+
+
+def measure_evaluation(
+    cfg: dict, seed: int, n_steps: int, log: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """Wall time of ``n_steps`` Hopper-v5 env-steps: simulator alone, and with the policy."""
+    import gymnasium as gym
+
+    from aaren_rl.agents.rollout import rollout_policy
+
+    agents = make_agents(seed)
+    policy = rollout_policy(agents["aaren-reference"])
+    records = []
+    with torch.inference_mode():
+        runs: list[tuple[str, str, int, Any]] = [("simulator-alone", "single", 1, None)]
+        runs += [("aaren-fast", mode, n, policy) for mode, n in cfg["eval_modes"]]
+        for label, mode, n, pol in runs:
+            if mode == "single":
+                envs = gym.make_vec(ENV_ID, num_envs=1, vectorization_mode="sync")
+            else:
+                envs = gym.make_vec(ENV_ID, num_envs=n, vectorization_mode=mode)
+            try:
+                seconds = _episode_loop(envs, pol, n_steps, seed)
+            finally:
+                envs.close()
+            rec = {
+                "run": label,
+                "vectorization": mode,
+                "n_envs": n,
+                "env_steps": n_steps,
+                "seconds": seconds,
+                "us_per_env_step": seconds / n_steps * 1e6,
+            }
+            records.append(rec)
+            log(f"evaluation {label:16s} {mode:6s} n={n:3d}: {seconds:.2f} s")
+    return records
+
+
+# --------------------------------------------------------------------------- profile
+def measure_profile(seed: int) -> dict[str, Any]:
+    """Where the fast step's time goes: the numba kernel against the wrapper at one row, and
+    the matrix-multiply floor at 64 (MACs per env over MKL's measured rate at those shapes)."""
+    from aaren_rl.agents import fast_step_numba
+
+    out: dict[str, Any] = {}
+    agents = make_agents(seed)
+    fast = agents.get("aaren-fast-numba")
+    d, f, layers = 128, 512, 3
+    # per env step: 3 tokens x 3 layers of score+value; feed-forward at every token but the
+    # last layer's R_t and a_{t-1}
+    macs = 3 * layers * (d + 1) * d + (3 * (layers - 1) + 1) * 2 * d * f + ACT_DIM * d
+    out["macs_per_env_step"] = macs
+    with torch.inference_mode():
+        x = torch.randn(192, d)
+        w1, w2 = torch.randn(f, d), torch.randn(d, f)
+        h = torch.randn(192, f)
+        for _ in range(5):
+            x @ w1.t()
+        reps = 50
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            x @ w1.t()
+            h @ w2.t()
+        mkl = 2 * 192 * d * f * reps / (time.perf_counter() - t0)
+        out["mkl_macs_per_second"] = mkl
+        out["matmul_floor_us_per_env"] = macs / mkl * 1e6
+        if fast is not None:
+            state = fast.initial_state(1)
+            obs, rtg = _inputs(1, seed)
+            ts = torch.zeros(1, dtype=torch.long)
+            nat = fast._native
+            x_, xs, sv, o, hid, y, idx = nat.scratch(1)
+            args = (
+                nat.ints,
+                nat.floats,
+                nat.flat,
+                nat.offs,
+                obs.numpy(),
+                rtg.numpy(),
+                ts.numpy(),
+                state.m.numpy(),
+                state.u.numpy(),
+                state.w.numpy(),
+                state.pending_action.numpy(),
+                state.pending_t.numpy(),
+                state.has_pending.numpy(),
+                x_,
+                xs,
+                sv,
+                o,
+                hid,
+                y,
+                idx,
+            )
+            kernel, whole = [], []
+            for _ in range(400):
+                state.has_pending.fill_(True)
+                t0 = time.perf_counter()
+                fast_step_numba.step(*args)
+                kernel.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                a, state = fast.act(obs, rtg, ts, state)
+                state = fast.observe_action(a, ts, state)
+                whole.append(time.perf_counter() - t0)
+            out["batch1_kernel_us"] = statistics.median(kernel) * 1e6
+            out["batch1_act_observe_us"] = statistics.median(whole) * 1e6
+    return out
+
+
+# --------------------------------------------------------------------------- reporting
+def _lat(results: dict, agent: str, n_envs: int) -> float | None:
+    for r in results.get("latency", []):
+        if r["agent"] == agent and r["n_envs"] == n_envs:
+            return r["us_per_env"]
+    return None
+
+
+def claims(results: dict) -> dict[str, Any]:
+    """The issue's targets against this run's figures (None where not measured)."""
+    out: dict[str, Any] = {}
+    envs = sorted({r["n_envs"] for r in results.get("latency", [])})
+    if envs:
+        best = (
+            "aaren-fast-numba" if _lat(results, "aaren-fast-numba", envs[0]) else "aaren-fast-torch"
+        )
+        b1 = _lat(results, best, envs[0])
+        out["fast_agent"] = best
+        out["batch1_us"] = b1
+        out["batch1_target_us"] = TARGETS["batch1_us"]
+        dt = _lat(results, "dt-recompute-k20", envs[0])
+        out["dt_over_fast_batch1"] = dt / b1 if dt and b1 else None
+        ref = _lat(results, "aaren-reference", envs[0])
+        out["reference_over_fast_batch1"] = ref / b1 if ref and b1 else None
+        out["largest_batch"] = envs[-1]
+        out["largest_batch_us_per_env"] = _lat(results, best, envs[-1])
+    mem = results.get("memory")
+    if mem:
+        out["state_bytes_constant"] = mem["fast_state_bytes_constant"]
+        out["peak_rss_growth"] = mem["peak_rss_growth_from_t1000"]
+    training = results.get("training", [])
+    if training:
+        longest = max(r["T"] for r in training)
+        a = best_aaren(training, longest)
+        for variant in ("transformer", "transformer-masked"):
+            tf = next((r for r in training if r["variant"] == variant and r["T"] == longest), None)
+            if a and tf:
+                out[f"train_speedup_vs_{variant}_T{longest}"] = tf["seconds"] / a["seconds"]
+                out[f"train_memory_ratio_vs_{variant}_T{longest}"] = (
+                    tf["peak_bytes"] / a["peak_bytes"] if a["peak_bytes"] else None
+                )
+        out["best_chunk_by_T"] = {r["T"]: best_aaren(training, r["T"])["chunk"] for r in training}
+    ev = results.get("evaluation", [])
+    sim = next((r for r in ev if r["run"] == "simulator-alone"), None)
+    runs = [r for r in ev if r["run"] != "simulator-alone"]
+    if sim and runs:
+        fastest = min(runs, key=lambda r: r["seconds"])
+        out["eval_fastest"] = f"{fastest['vectorization']} x{fastest['n_envs']}"
+        out["eval_over_simulator"] = fastest["seconds"] / sim["seconds"]
+    return out
+
+
+def markdown(results: dict) -> str:
+    """The report: stamp, one table per measurement, the targets."""
+    st = results["stamp"]
+    lines = [
+        "# `aaren-rl bench agent`",
+        "",
+        f"- machine: {st['machine']}; torch threads: {st['torch_threads']}; load average at "
+        f"start: {st['load_average']}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in st["versions"].items() if v),
+        f"- commit {st['git_commit']}, {st['date_utc']} UTC; command: `{st['command']}`",
+        "",
+    ]
+    lat = results.get("latency")
+    if lat:
+        envs = sorted({r["n_envs"] for r in lat})
+        agents = list(dict.fromkeys(r["agent"] for r in lat))
+        rows = []
+        for a in agents:
+            rows.append([a] + [f"{_lat(results, a, n):,.1f}" for n in envs])
+        lines += [
+            "## Policy step (act + observe_action), µs per environment, median",
+            "",
+            "```",
+            format_table(["agent"] + [f"{n} envs" for n in envs], rows),
+            "```",
+            f"transformer-kv-full is measured at t = {lat[0].get('t_at_start')} and later "
+            f"(its cache filled by a parallel forward); the others from t = 25.",
+            "",
+        ]
+    mem = results.get("memory")
+    if mem:
+        rows = [
+            [
+                f"{r['t']:,}",
+                str(r["state_bytes_per_env"]),
+                format_bytes(r["rss_bytes"]),
+                format_bytes(r["peak_rss_bytes"]),
+            ]
+            for r in mem["fast_step"]
+        ]
+        lines += [
+            "## Memory against the step t (fast step, one environment)",
+            "",
+            "```",
+            format_table(["t", "state bytes", "process RSS", "process peak RSS"], rows),
+            "```",
+            f"State bytes exactly constant: {mem['fast_state_bytes_constant']} "
+            f"({mem['fast_state_bytes']}); the model's own step holds "
+            f"{mem['reference_state_bytes']} bytes (checked to t = {mem['reference_steps']:,}). "
+            f"Peak RSS growth from t = 1,000 on: {100 * (mem['peak_rss_growth_from_t1000'] or 0):.2f}%.",
+            "",
+            "```",
+            format_table(
+                ["t", "KV cache bytes", "DT window bytes"],
+                [
+                    [f"{r['t']:,}", f"{r['kv_cache_bytes']:,}", f"{r['dt_window_bytes']:,}"]
+                    for r in mem["transformer"]
+                ],
+            ),
+            "```",
+            "",
+        ]
+    training = results.get("training")
+    if training:
+        lengths = sorted({r["T"] for r in training})
+        rows = []
+        for variant in list(dict.fromkeys(r["variant"] for r in training)):
+            cells = []
+            for length in lengths:
+                r = next(x for x in training if x["variant"] == variant and x["T"] == length)
+                cells.append(f"{r['seconds'] * 1e3:,.0f} ms / {format_bytes(r['peak_bytes'])}")
+            rows.append([variant] + cells)
+        lines += [
+            f"## Training fwd+bwd, batch {training[0]['batch']}, width 128, 3 layers: time / peak "
+            "tensor memory",
+            "",
+            "```",
+            format_table(["variant"] + [f"T={n}" for n in lengths], rows),
+            "```",
+            "",
+        ]
+    ev = results.get("evaluation")
+    if ev:
+        rows = [
+            [
+                r["run"],
+                r["vectorization"],
+                str(r["n_envs"]),
+                f"{r['env_steps']:,}",
+                f"{r['seconds']:.2f}",
+                f"{r['us_per_env_step']:.1f}",
+            ]
+            for r in ev
+        ]
+        lines += [
+            f"## Evaluation on {ENV_ID}: wall time",
+            "",
+            "```",
+            format_table(["run", "vector env", "envs", "env-steps", "s", "µs / env-step"], rows),
+            "```",
+            "",
+        ]
+    prof = results.get("profile")
+    if prof:
+        lines += [
+            "## Profile of the fast step",
+            "",
+            f"- {prof['macs_per_env_step']:,} multiply-adds per env step; MKL's matmul at these "
+            f"shapes runs {prof['mkl_macs_per_second'] / 1e9:.1f} GMAC/s on this thread, a floor "
+            f"of {prof['matmul_floor_us_per_env']:.1f} µs per env for the matmuls alone.",
+        ]
+        if "batch1_kernel_us" in prof:
+            lines.append(
+                f"- batch 1: the numba kernel takes {prof['batch1_kernel_us']:.1f} µs of the "
+                f"{prof['batch1_act_observe_us']:.1f} µs of act + observe_action (the rest: "
+                "input checks and tensor/array conversion)."
+            )
+        lines.append("")
+    lines += ["## Targets", "", "```", json.dumps(results.get("claims", {}), indent=1), "```", ""]
+    return "\n".join(lines)
+
+
+def plot(results: dict, out: Path) -> list[Path]:
+    """PNG plots of each measurement; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    title = f"{results['stamp']['machine']}, {results['stamp']['torch_threads']} thread(s)"
+
+    def save(fig, name: str) -> None:
+        path = out / f"{STEM}-{name}.png"
+        fig.suptitle(title, fontsize=8)
+        fig.tight_layout()
+        tmp = path.with_name(f".{path.name}.tmp.png")
+        fig.savefig(tmp, dpi=110)
+        plt.close(fig)
+        os.replace(tmp, path)
+        written.append(path)
+
+    lat = results.get("latency")
+    if lat:
+        envs = sorted({r["n_envs"] for r in lat})
+        agents = list(dict.fromkeys(r["agent"] for r in lat))
+        fig, ax = plt.subplots(figsize=(7, 4))
+        width = 0.8 / len(agents)
+        for i, a in enumerate(agents):
+            ax.bar(
+                [j + i * width for j in range(len(envs))],
+                [_lat(results, a, n) for n in envs],
+                width,
+                label=a,
+            )
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(envs))], [f"{n} envs" for n in envs])
+        ax.set_yscale("log")
+        ax.set_ylabel("µs per env step (act + observe_action)")
+        ax.legend(fontsize=7)
+        save(fig, "latency")
+    mem = results.get("memory")
+    if mem:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ts = [r["t"] for r in mem["fast_step"]]
+        ax.plot(
+            ts,
+            [r["state_bytes_per_env"] for r in mem["fast_step"]],
+            "o-",
+            label="Aaren fast step state",
+        )
+        kv = mem["transformer"]
+        if kv:
+            ax.plot([r["t"] for r in kv], [r["kv_cache_bytes"] for r in kv], "s-", label="KV cache")
+            ax.plot(
+                [r["t"] for r in kv], [r["dt_window_bytes"] for r in kv], "^-", label="DT window"
+            )
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("step t")
+        ax.set_ylabel("state bytes per env")
+        ax2 = ax.twinx()
+        ax2.plot(
+            ts, [r["peak_rss_bytes"] / 2**20 for r in mem["fast_step"]], "k--", label="peak RSS"
+        )
+        ax2.set_ylabel("process peak RSS (MiB)")
+        ax.legend(fontsize=7, loc="upper left")
+        save(fig, "memory")
+    training = results.get("training")
+    if training:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 4))
+        lengths = sorted({r["T"] for r in training})
+        series = {"aaren (best chunk)": [best_aaren(training, n) for n in lengths]}
+        for v in ("transformer", "transformer-masked"):
+            series[v] = [
+                next(r for r in training if r["variant"] == v and r["T"] == n) for n in lengths
+            ]
+        for label, rows in series.items():
+            ax1.plot(lengths, [r["seconds"] for r in rows], "o-", label=label)
+            ax2.plot(lengths, [r["peak_bytes"] / 2**20 for r in rows], "o-", label=label)
+        for ax, ylabel in ((ax1, "fwd+bwd seconds"), (ax2, "peak tensor MiB")):
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("tokens T")
+            ax.set_ylabel(ylabel)
+        ax1.legend(fontsize=7)
+        save(fig, "training")
+    return written
+
+
+# --------------------------------------------------------------------------- the command
+SECTIONS = ("latency", "memory", "training", "evaluation")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure, then write ``bench-agent.json``, ``.md`` and the plots under ``args.out``."""
+    apply_threads(args.threads)
+    cfg = dict(QUICK if args.quick else FULL)
+    n_eval = args.eval_steps or cfg["eval_steps"]
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    unknown = skip - set(SECTIONS)
+    if unknown:
+        raise SystemExit(f"--skip: unknown section(s) {sorted(unknown)}; choose from {SECTIONS}")
+    out: Path = args.out
+    json_path = out / f"{STEM}.json"
+    if json_path.exists() and not args.overwrite:
+        raise SystemExit(f"{json_path} already exists: pass --overwrite to replace it")
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    results: dict[str, Any] = {"stamp": stamp(args), "config": {k: v for k, v in cfg.items()}}
+    # memory first: the process peak is then this measurement's, not an earlier one's
+    if "memory" not in skip:
+        results["memory"] = measure_memory(cfg, args.seed, log)
+    if "latency" not in skip:
+        results["latency"] = measure_latency(cfg, args.seed, log)
+        results["profile"] = measure_profile(args.seed)
+    if "training" not in skip:
+        results["training"] = measure_training(cfg, args.seed, log)
+    if "evaluation" not in skip:
+        results["evaluation"] = measure_evaluation(cfg, args.seed, n_eval, log)
+    results["claims"] = claims(results)
+    text = markdown(results)
+    write_atomic(json_path, (json.dumps(results, indent=1, default=str) + "\n").encode())
+    write_atomic(out / f"{STEM}.md", text.encode())
+    plot(results, out)
+    print(text)
+    return 0
+
+
+__all__ = ["add_arguments", "claims", "markdown", "plot", "run", "stamp"]
