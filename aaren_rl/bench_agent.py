@@ -614,6 +614,7 @@ def markdown(results: dict) -> str:
     if lat:
         envs = sorted({r["n_envs"] for r in lat})
         agents = list(dict.fromkeys(r["agent"] for r in lat))
+        kv_t = next((r["t_at_start"] for r in lat if r["agent"] == "transformer-kv-full"), None)
         rows = []
         for a in agents:
             rows.append([a] + [f"{_lat(results, a, n):,.1f}" for n in envs])
@@ -623,7 +624,7 @@ def markdown(results: dict) -> str:
             "```",
             format_table(["agent"] + [f"{n} envs" for n in envs], rows),
             "```",
-            f"transformer-kv-full is measured at t = {lat[0].get('t_at_start')} and later "
+            f"transformer-kv-full is measured at t = {kv_t} and later "
             f"(its cache filled by a parallel forward); the others from t = 25.",
             "",
         ]
