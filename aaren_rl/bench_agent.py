@@ -343,6 +343,7 @@ def _set_chunk(net, chunk: int) -> None:
 def measure_training(cfg: dict, seed: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
     """fwd+bwd wall time and peak tensor memory against the sequence length."""
     from aaren_rl.nn.aaren import AarenBackbone
+    from aaren_rl.nn.aaren_attention import DEFAULT_CHUNK
     from aaren_rl.nn.transformer import TransformerBackbone
 
     device = torch.device("cpu")
@@ -383,7 +384,7 @@ def measure_training(cfg: dict, seed: int, log: Callable[[str], None]) -> list[d
             }
             records.append(rec)
             log(f"training {label:20s} T={length:5d}: {rec['seconds']:.3f} s, {format_bytes(peak)}")
-    _set_chunk(aaren, 64)
+    _set_chunk(aaren, DEFAULT_CHUNK)
     return records
 
 

@@ -309,12 +309,19 @@ def test_evaluate_cli_reports_what_the_rollout_measures(checkpoint, tmp_path, ca
     again = json.loads(out.read_text())
     assert [r["target_return"] for r in again["results"]] == [100.0]
     d_head = SMALL["d_model"] // SMALL["n_heads"]
-    per_env = SMALL["n_layers"] * SMALL["n_heads"] * (d_head + 2) * 4
+    memory = SMALL["n_layers"] * SMALL["n_heads"] * (d_head + 2) * 4
+    per_env = memory + ACT_DIM * 4 + 8 + 1  # the fast step's pending action, timestep, flag
     assert [(p["t"], p["state_bytes_per_env"]) for p in again["profile"]] == [
         (1, per_env),
         (10, per_env),
         (12, per_env),
     ]
+    assert main([*argv, *extra, "--reference-step"]) == 0  # the model's own step
+    reference = json.loads(out.read_text())
+    assert [p["state_bytes_per_env"] for p in reference["profile"]] == [memory] * 3
+    np.testing.assert_allclose(
+        reference["results"][0]["returns"], again["results"][0]["returns"], rtol=1e-4, atol=1e-4
+    )
 
 
 def test_evaluate_cli_clip_return_needs_a_return_max(checkpoint, capsys):

@@ -53,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="NextStep",
         help="Gymnasium vector autoreset mode (both give the same episodes)",
     )
+    parser.add_argument(
+        "--reference-step",
+        action="store_true",
+        help="step Aaren with the model's own act/observe_action instead of FastDecisionStep "
+        "(same actions within float32 rounding, several times slower)",
+    )
     add_threads_argument(parser)
     parser.add_argument(
         "--profile-steps",
@@ -154,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
                 max_episode_steps=max_steps,
                 autoreset_mode=args.autoreset_mode,
                 progress=not args.no_progress,
+                fast_step=not args.reference_step,
             )
             row = res.summary()
             scores = normalized(res.returns, task)
@@ -187,7 +194,13 @@ def run(args: argparse.Namespace) -> int:
         )
     profile = None
     if args.profile_steps > 0:
-        prof = profile_steps(model, args.profile_steps, n_envs=args.envs, seed=args.seed)
+        prof = profile_steps(
+            model,
+            args.profile_steps,
+            n_envs=args.envs,
+            seed=args.seed,
+            fast_step=not args.reference_step,
+        )
         marks = sorted(
             {t for t in (1, 10, 100, 1000) if t <= args.profile_steps} | {args.profile_steps}
         )

@@ -279,7 +279,10 @@ class FastDecisionStep:
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> FastState:
         """The empty memory for ``batch_size`` rows; re-derives the fused weights first."""
         self.refresh()
-        if device is not None and torch.device(device) != self.device:
+        wanted = None if device is None else torch.device(device)
+        if wanted is not None and (
+            wanted.type != self.device.type or wanted.index not in (None, self.device.index)
+        ):
             raise ValueError(
                 f"the model is on {self.device}; its fast step cannot keep a state on {device}"
             )

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from aaren_rl.nn.aaren_attention import (
+    DEFAULT_CHUNK,
     AarenState,
     aaren_reference,
     aaren_scan,
@@ -38,7 +39,7 @@ class AarenAttention(nn.Module):
     constant (the collapsed key path of DESIGN.md section 1): one dot product per head.
     """
 
-    def __init__(self, d_model: int, n_heads: int, chunk_size: int = 64) -> None:
+    def __init__(self, d_model: int, n_heads: int, chunk_size: int = DEFAULT_CHUNK) -> None:
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
@@ -130,7 +131,7 @@ class AarenBlock(ResidualBlock):
         dropout: float = 0.0,
         norm_first: bool = True,
         activation: str = "relu",
-        chunk_size: int = 64,
+        chunk_size: int = DEFAULT_CHUNK,
     ) -> None:
         super().__init__(d_model, d_ff or 4 * d_model, dropout, norm_first, activation)
         self.attn = AarenAttention(d_model, n_heads, chunk_size)
@@ -167,7 +168,7 @@ class AarenBackbone(nn.Module):
         dropout: float = 0.0,
         norm_first: bool = True,
         activation: str = "relu",
-        chunk_size: int = 64,
+        chunk_size: int = DEFAULT_CHUNK,
     ) -> None:
         super().__init__()
         self.d_model = d_model
