@@ -196,3 +196,36 @@ def test_unsupported_models_and_bad_inputs_are_clear_errors():
         fast.observe_action(torch.zeros(2, 4), torch.zeros(2, dtype=torch.long), state)
     with pytest.raises(TypeError, match="FastState"):
         fast.act(torch.zeros(2, OBS_DIM), torch.zeros(2), torch.zeros(2, dtype=torch.long), ())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "bad",
+    ["observation", "return_to_go", "action"],
+)
+def test_non_finite_inputs_name_the_env_and_step_like_the_reference(backend, bad):
+    """The fast step calls the same boundary check as ``DecisionModel.act`` (issue 13): the
+    error names the input, the env index and its step, for both back ends."""
+    from aaren_rl.agents.step_checks import NonFiniteInputError
+
+    model = make_model()
+    fast = FastDecisionStep(model, backend=backend)
+    obs = torch.randn(3, OBS_DIM)
+    rtg = torch.full((3,), 100.0)
+    t = torch.tensor([4, 7, 2])
+    action = torch.zeros(3, ACT_DIM)
+    if bad == "observation":
+        obs[1, 2] = float("nan")
+    elif bad == "return_to_go":
+        rtg[1] = float("inf")
+    else:
+        action[1, 0] = float("-inf")
+    messages = []
+    for policy in (model, fast):
+        with torch.inference_mode(), pytest.raises(NonFiniteInputError) as info:
+            state = policy.initial_state(3)
+            _, state = policy.act(obs, rtg, t, state)
+            policy.observe_action(action, t, state)
+        assert (info.value.name, info.value.env_index, info.value.step) == (bad, 1, 7)
+        messages.append(str(info.value))
+    assert messages[0] == messages[1]

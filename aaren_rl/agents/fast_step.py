@@ -56,6 +56,8 @@ from torch import Tensor
 from aaren_rl.agents.decision_model import DecisionModel
 from aaren_rl.nn.aaren import AarenBackbone
 
+from .step_checks import check_step_inputs
+
 BACKENDS = ("auto", "torch", "numba")
 EMPTY_MAX = -1.0e30  # the running max of an empty memory (finite: no inf arithmetic)
 MASKED_SCORE = -2.0e30  # the score of an absent token: exp(MASKED_SCORE - m) == 0 for any m
@@ -368,6 +370,8 @@ class FastDecisionStep:
             rtg_np = _cpu_array(return_to_go, np.float32)
             b = self._check_obs_rtg(obs_np.shape, rtg_np.shape)
             t_np = self._timestep_array(timestep, b)
+            if not np.isfinite(obs_np.sum() + rtg_np.sum()):  # cheap test; the full one names
+                check_step_inputs(t_np, observation=obs_np, return_to_go=rtg_np)
             if state is None:
                 state = self.initial_state(b)
             self._check_state(state, b)
@@ -383,6 +387,7 @@ class FastDecisionStep:
         if rtg.shape != (b,):
             raise ValueError(f"return_to_go has shape {tuple(rtg.shape)}; expected ({b},)")
         t = self._timestep(timestep, b)
+        check_step_inputs(t, observation=obs, return_to_go=rtg)
         if state is None:
             state = self.initial_state(b)
         self._check_state(state, b)
@@ -400,6 +405,8 @@ class FastDecisionStep:
                 )
             self._check_state(state, b)
             t_np = self._timestep_array(timestep, b)
+            if not np.isfinite(a_np.sum()):
+                check_step_inputs(t_np, action=a_np)
             views = self._native.views(state)
             views[3][:] = a_np
             views[4][:] = t_np
@@ -413,6 +420,7 @@ class FastDecisionStep:
                 f"(act_dim={self.act_dim})"
             )
         self._check_state(state, b)
+        check_step_inputs(timestep, action=a)
         state.pending_action.copy_(a)
         state.pending_t.copy_(self._timestep(timestep, b))
         state.has_pending.fill_(True)
