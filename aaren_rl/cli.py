@@ -14,6 +14,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("aaren_rl.agents.train_cli", "train a decision agent on an offline dataset"),
     "evaluate": ("aaren_rl.agents.evaluate_cli", "roll out a checkpoint in vector environments"),
     "demo": ("aaren_rl.agents.demo", "train and evaluate Decision Aaren on the shipped dataset"),
+    "fit": (
+        "aaren_rl.heads.cli",
+        "fit a forecasting or classification head on Aaren or a Transformer",
+    ),
 }
 
 

@@ -255,15 +255,10 @@ class TrainingLoop:
         :meth:`checkpoint_model_config`'s)."""
         return {"train_config": self.cfg.to_dict()}
 
-    def checkpoint_model_config(self) -> dict[str, Any]:
-        """How to rebuild the model (stored as ``model_config``; compared on resume)."""
-        config = model_config_dict(self.model)
-        if config is None:
-            raise ValueError(
-                f"{type(unwrap_model(self.model)).__name__} has no dataclass `config`; "
-                "override checkpoint_model_config to say how to rebuild it"
-            )
-        return config
+    def checkpoint_model_config(self) -> dict[str, Any] | None:
+        """How to rebuild the model (stored as ``model_config``; a resume must match it):
+        by default the model's dataclass ``config``."""
+        return model_config_dict(self.model)
 
     def metrics_payload(self, evaluations: list[Any], seconds: float) -> dict[str, Any]:
         """What ``metrics.json`` holds at the end of a run."""
@@ -321,7 +316,7 @@ class TrainingLoop:
     def _load(self, path: Path) -> None:
         data = load_checkpoint(path, map_location="cpu")
         stored = data.get("model_config")
-        current = model_config_dict(self.model)
+        current = self.checkpoint_model_config()
         config_type = type(getattr(unwrap_model(self.model), "config", None))
         if isinstance(stored, dict) and hasattr(config_type, "from_dict"):
             # keys added since the checkpoint was written take their defaults
