@@ -239,3 +239,28 @@ def test_fit_resume_is_exact_for_a_head(tmp_path):
         straight.model.state_dict().values(), second.model.state_dict().values(), strict=True
     ):
         assert torch.equal(a, b)
+
+
+@pytest.mark.slow
+def test_fit_under_torchrun_two_processes(tmp_path):
+    """The loop's DDP path serves heads too: 2 processes, one checkpoint with both ranks'
+    random streams, results written once."""
+    import os
+    import subprocess
+    import sys
+
+    from aaren_rl.training.checkpoint import load_checkpoint
+
+    csv = _write_csv(tmp_path / "series.csv", n=300)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "aaren_rl.cli", "fit", "forecast", "--data", str(csv), "--input-len", "24"]
+    cmd += ["--horizon", "6", "--patch-len", "4", "--d-model", "16", "--n-layers", "1"]
+    cmd += ["--batch-size", "8", "--steps", "3", "--out", str(out), "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ckpt = load_checkpoint(out / "aaren" / "checkpoint.pt")
+    assert ckpt["step"] == 3 and ckpt["rng_state"]["world_size"] == 2
+    assert json.loads((out / "aaren" / "results.json").read_text())["step"] == 3
+    assert len(list((out / "aaren" / "tb").iterdir())) == 1  # only rank 0 logs

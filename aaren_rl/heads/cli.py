@@ -19,11 +19,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from aaren_rl.cli import add_threads_argument, apply_threads
 from aaren_rl.heads.fit import BackboneConfig, HeadTrainer
 from aaren_rl.nn.build import BACKBONES
 from aaren_rl.training.config import LoopConfig
+from aaren_rl.training.distributed import DistContext, setup_distributed
 from aaren_rl.training.files import write_json_atomic
 
 
@@ -86,15 +88,19 @@ def run(args: argparse.Namespace) -> int:
     from aaren_rl.training.checkpoint import CheckpointError
 
     apply_threads(args.threads)
+    ctx = setup_distributed(args.device)  # under torchrun: DDP, each rank its share
     try:
         names = _backbones(args.backbone)
         data = _load_data(args)
-        rows = [fit_one(args, data, name) for name in names]
+        rows = [fit_one(args, data, name, ctx) for name in names]
     except (DatasetError, ValueError, FileExistsError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if ctx.initialized_here and dist.is_initialized():
+            dist.destroy_process_group()
     out = Path(args.out)
-    if len(rows) > 1:
+    if len(rows) > 1 and ctx.is_main:
         table = comparison_table(args.head, rows)
         _write_text_atomic(out / "comparison.md", table)
         write_json_atomic(out / "comparison.json", rows)
@@ -128,8 +134,11 @@ def _head_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"pool": args.pool, "dropout": args.dropout}
 
 
-def fit_one(args: argparse.Namespace, data: Any, backbone_name: str) -> dict[str, Any]:
-    """Fit the head on one backbone into ``OUT/<backbone>/``; returns its results row."""
+def fit_one(
+    args: argparse.Namespace, data: Any, backbone_name: str, ctx: DistContext | None = None
+) -> dict[str, Any] | None:
+    """Fit the head on one backbone into ``OUT/<backbone>/``; returns its results row (None
+    on the ranks other than 0 under torchrun, which write nothing)."""
     from aaren_rl.heads.registry import get_head
     from aaren_rl.training.rng import seed_everything
 
@@ -151,8 +160,9 @@ def fit_one(args: argparse.Namespace, data: Any, backbone_name: str) -> dict[str
         log_every=args.log_every,
         seed=args.seed,
     )
-    device = torch.device(args.device)
-    seed_everything(config.seed)
+    ctx = ctx or DistContext(device=torch.device(args.device))
+    device = ctx.device
+    seed_everything(config.seed)  # identical initial weights on every rank
     options = _head_options(args)
     model = head.build_model(data, backbone.build(), **options).to(device)
     trainer = HeadTrainer(
@@ -161,6 +171,7 @@ def fit_one(args: argparse.Namespace, data: Any, backbone_name: str) -> dict[str
         data,
         config,
         out_dir=out,
+        dist_ctx=ctx,
         resume=args.resume,
         progress=not args.no_progress,
         run_info={"model_options": options, "data": _data_name(args)},
@@ -178,6 +189,8 @@ def fit_one(args: argparse.Namespace, data: Any, backbone_name: str) -> dict[str
 
     trainer.evaluate = timed_evaluate  # type: ignore[method-assign]
     result = trainer.train()
+    if not ctx.is_main:
+        return None
     trained_steps = result.end_step - result.start_step
     model = trainer.model.eval()
     with torch.no_grad():
@@ -200,13 +213,25 @@ def fit_one(args: argparse.Namespace, data: Any, backbone_name: str) -> dict[str
         "backbone_config": backbone.__dict__,
         "head_options": options,
         "train_config": config.to_dict(),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "machine": machine_name(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "command": "aaren-rl " + " ".join(sys.argv[1:]) if sys.argv else None,
     }
     write_json_atomic(out / "results.json", row)
     return row
+
+
+def machine_name() -> str:
+    """The CPU model (from /proc/cpuinfo where there is one) and the architecture."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} ({platform.machine()})"
+    except OSError:
+        pass
+    return platform.machine() or "unknown machine"
 
 
 def _data_name(args: argparse.Namespace) -> str:
