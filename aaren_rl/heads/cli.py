@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from aaren_rl.cli import add_threads_argument, apply_threads
+from aaren_rl.cli import _threads, add_threads_argument, apply_threads
 from aaren_rl.heads.fit import BackboneConfig, HeadTrainer
 from aaren_rl.nn.build import BACKBONES
 from aaren_rl.training.config import LoopConfig
@@ -30,6 +30,7 @@ from aaren_rl.training.files import write_json_atomic
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_threads_argument(parser, default=1)  # `aaren-rl fit --threads N HEAD` or after HEAD
     sub = parser.add_subparsers(dest="head", metavar="HEAD", required=True)
     fc = sub.add_parser("forecast", help="forecast the next H steps of a CSV series")
     fc.add_argument("--data", required=True, help="CSV: a date column, then channels")
@@ -72,7 +73,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue OUT/<backbone>/checkpoint.pt")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
-    add_threads_argument(p, default=1)
+    p.add_argument(
+        "--threads",
+        type=_threads,
+        default=argparse.SUPPRESS,  # keeps the value given before HEAD (default 1)
+        help="torch CPU threads (0: torch's own choice; default 1)",
+    )
 
 
 def _backbones(text: str) -> list[str]:
