@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("aaren_rl.agents.demo", "train and evaluate Decision Aaren on the shipped dataset"),
     "fit": (
         "aaren_rl.heads.cli",
-        "fit a forecasting or classification head on Aaren or a Transformer",
+        "fit a forecasting, classification or event head on Aaren or a Transformer",
     ),
 }
 

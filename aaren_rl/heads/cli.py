@@ -1,4 +1,4 @@
-"""``aaren-rl fit forecast|classify``: fit a head on one or more backbones, side by side.
+"""``aaren-rl fit forecast|classify|events``: fit a head on one or more backbones, side by side.
 
 Every backbone named by ``--backbone`` (``aaren``, ``transformer`` or both, comma-separated)
 is fitted with the same data, width, budget and seed into ``OUT/<backbone>/``: TensorBoard
@@ -47,7 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--train", help="train file (.ts, .npz or long .csv); needs --test")
     cl.add_argument("--test", help="test file (with --train)")
     cl.add_argument("--pool", default="last", choices=["last", "mean"])
-    for p in (fc, cl):
+    from aaren_rl.heads.events_cli import add_event_parser
+
+    for p in (fc, cl, add_event_parser(sub)):
         _common(p)
 
 
@@ -108,6 +110,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if len(rows) > 1 and ctx.is_main:
         table = comparison_table(args.head, rows)
+        if args.head == "events":
+            from aaren_rl.heads.events_cli import reference_lines
+
+            table += reference_lines(rows)
         _write_text_atomic(out / "comparison.md", table)
         write_json_atomic(out / "comparison.json", rows)
         print(table)
@@ -115,6 +121,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load_data(args: argparse.Namespace) -> Any:
+    if args.head == "events":
+        from aaren_rl.heads.events_cli import load_event_data
+
+        return load_event_data(args)
     if args.head == "forecast":
         from aaren_rl.data.series_csv import ForecastData
 
@@ -130,6 +140,10 @@ def _load_data(args: argparse.Namespace) -> Any:
 
 
 def _head_options(args: argparse.Namespace) -> dict[str, Any]:
+    if args.head == "events":
+        from aaren_rl.heads.events_cli import event_options
+
+        return event_options(args)
     if args.head == "forecast":
         return {
             "patch_len": args.patch_len,
@@ -203,6 +217,10 @@ def fit_one(
         final = trainer.evaluate()[0]
         if args.head == "forecast":
             extra = forecast_outputs(model, data, out, device)
+        elif args.head == "events":
+            from aaren_rl.heads.events_cli import event_outputs
+
+            extra = event_outputs(model, data, out, device)
         else:
             extra = classify_outputs(model, data, out, device)
     row = {
@@ -241,6 +259,10 @@ def machine_name() -> str:
 
 
 def _data_name(args: argparse.Namespace) -> str:
+    if args.head == "events":
+        from aaren_rl.heads.events_cli import event_data_name
+
+        return event_data_name(args)
     if args.head == "forecast":
         return f"{Path(args.data).name} L={args.input_len} H={args.horizon}"
     return args.dataset or f"{Path(args.train).name} / {Path(args.test).name}"

@@ -26,6 +26,7 @@ ENTRY_POINT_GROUP = "aaren_rl.heads"
 BUILTIN_HEADS = {
     "forecast": "aaren_rl.heads.forecast:ForecastHead",
     "classify": "aaren_rl.heads.classify:ClassifyHead",
+    "events": "aaren_rl.heads.events:EventHead",
 }
 
 _REGISTERED: dict[str, Any] = {}
