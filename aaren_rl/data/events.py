@@ -74,13 +74,13 @@ class EventSequences:
             self.start[rows],
         )
 
-    def batch(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-        """Right-padded arrays for ``rows``: ``times, gaps [B, L]`` float32, ``marks [B, L]``
-        int64, ``mask [B, L]`` bool, ``lengths [B]`` int64, ``end, start [B]`` float32."""
+    def batch(self, rows: np.ndarray, dtype: Any = np.float32) -> dict[str, np.ndarray]:
+        """Right-padded arrays for ``rows``: ``times, gaps [B, L]`` (``dtype``), ``marks [B,
+        L]`` int64, ``mask [B, L]`` bool, ``lengths [B]`` int64, ``end, start [B]``."""
         rows = np.asarray(rows)
         lengths = self.lengths[rows]
         width = int(max(1, lengths.max()))
-        times = np.zeros((len(rows), width), dtype=np.float32)
+        times = np.zeros((len(rows), width), dtype=dtype)
         gaps = np.zeros_like(times)
         marks = np.zeros((len(rows), width), dtype=np.int64)
         for b, i in enumerate(rows):
@@ -94,8 +94,8 @@ class EventSequences:
             "marks": marks,
             "mask": np.arange(width)[None] < lengths[:, None],
             "lengths": lengths.astype(np.int64),
-            "end": self.end[rows].astype(np.float32),
-            "start": self.start[rows].astype(np.float32),
+            "end": self.end[rows].astype(dtype),
+            "start": self.start[rows].astype(dtype),
         }
 
 

@@ -196,7 +196,10 @@ class EventModel(nn.Module):
 
     def mark_logits(self, hidden: Tensor, tau: Tensor) -> Tensor:
         """``hidden [..., d]``, ``tau [...]`` -> mark logits ``[..., K]``."""
+        shape = torch.broadcast_shapes(hidden.shape[:-1], tau.shape)
+        tau = tau.expand(shape)
         g = torch.exp(-tau[..., None] / self.mark_scales.to(tau.dtype))
+        hidden = hidden.expand(*shape, hidden.shape[-1])
         x = torch.cat([hidden, self._log_gap_z(tau)[..., None], g], dim=-1)
         return self.mark_out(F.gelu(self.mark_hidden(x)))
 
@@ -323,9 +326,11 @@ def event_metrics(
     - ``mark_accuracy``: argmax of ``p(k | history, true next time)``.
     """
     totals = {"time": 0.0, "mark": 0.0, "survival": 0.0, "n": 0.0, "se": 0.0, "hits": 0.0}
+    dtype = next(model.parameters()).dtype
     for first in range(0, len(seqs), batch_size):
         rows = np.arange(first, min(len(seqs), first + batch_size))
-        batch = {k: torch.from_numpy(v).to(device) for k, v in seqs.batch(rows).items()}
+        arrays = seqs.batch(rows, np.float64 if dtype == torch.float64 else np.float32)
+        batch = {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
         out = model(batch)
         scored = out["scored"]
         totals["time"] += float(out["time_ll"].double().sum())
