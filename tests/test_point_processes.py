@@ -99,3 +99,18 @@ def test_sinusoidal_poisson_count_matches_compensator():
 def test_unstable_branching_is_rejected():
     with pytest.raises(ValueError, match="spectral radius"):
         HawkesProcess([0.5, 0.5], [[0.6, 0.5], [0.5, 0.6]], 1.0)
+
+
+def test_hawkes_next_gap_means_equal_integral_of_survival():
+    process = synthetic_process("hawkes5")
+    times, marks = process.simulate(20.0, np.random.default_rng(6))
+    means = process.next_gap_means(times, marks)
+    for k in (0, len(times) // 2, len(times) - 1):
+        history_t, history_k = times[: k + 1], marks[: k + 1]
+
+        def survival(s, t0=times[k], ht=history_t, hk=history_k):
+            total = lambda u: float(process.intensity_at(np.array([u]), ht, hk).sum())  # noqa: E731
+            return math.exp(-integrate.quad(total, t0, t0 + s)[0])
+
+        expected = integrate.quad(survival, 0, np.inf, limit=200)[0]
+        assert means[k] == pytest.approx(expected, rel=1e-4)

@@ -313,13 +313,25 @@ class EventData:
         if self.process is None:
             return {}
         seqs = self.splits[which]
-        ll, hits = 0.0, 0
+        ll, mark_ll, hits, se = 0.0, 0.0, 0, 0.0
+        means = hasattr(self.process, "next_gap_means")
         for t, k, s, e in zip(seqs.times, seqs.marks, seqs.start, seqs.end, strict=True):
             ll += self.process.log_likelihood(t, k, e, s, given_first=True)
             lam = self.process.intensities_before(t, k)[1:]
             hits += int(np.sum(lam.argmax(axis=1) == k[1:]))
+            mark_ll += float(np.sum(np.log(lam[np.arange(len(lam)), k[1:]] / lam.sum(axis=1))))
+            if means:
+                se += float(np.sum((self.process.next_gap_means(t, k)[:-1] - np.diff(t)) ** 2))
         n = seqs.n_scored
-        return {"nll_per_event": -ll / n, "mark_accuracy": hits / n}
+        out = {
+            "nll_per_event": -ll / n,
+            "time_nll": -(ll - mark_ll) / n,
+            "mark_nll": -mark_ll / n,
+            "mark_accuracy": hits / n,
+        }
+        if means:
+            out["rmse"] = float(np.sqrt(se / n))
+        return out
 
     def poisson_baseline(self, which: str) -> dict[str, float]:
         """Homogeneous Poisson per mark, rates fitted on train (events / observed time after

@@ -119,6 +119,20 @@ class HawkesProcess:
             )
         return out
 
+    def next_gap_means(
+        self, times: np.ndarray, marks: np.ndarray, grid_points: int = 4000
+    ) -> np.ndarray:
+        """``E[t_{k+1} - t_k | events up to t_k]`` for every event ``k`` (window unbounded):
+        ``integral_0^inf S(s) ds`` with ``S(s) = exp(-(M s + R (1 - e^{-beta s}) / beta))``,
+        ``M = sum mu``, ``R`` the total excitation just after ``t_k``; trapezoid on a grid."""
+        after = self.intensities_before(times, marks).sum(axis=1) - self.mu.sum()
+        after = after + self.beta * self.branching.sum(axis=0)[marks]  # the jump at t_k
+        total_mu = float(self.mu.sum())
+        s = 40.0 / total_mu * np.linspace(0.0, 1.0, grid_points) ** 2  # dense near 0
+        decay = (1.0 - np.exp(-self.beta * s)) / self.beta
+        survival = np.exp(-(total_mu * s[None] + after[:, None] * decay[None]))
+        return np.sum(0.5 * (survival[:, 1:] + survival[:, :-1]) * np.diff(s)[None], axis=1)
+
     def compensator(self, times: np.ndarray, marks: np.ndarray, start: float, end: float) -> float:
         """``integral_start^end sum_i lambda_i(t) dt`` in closed form."""
         kernel_mass = self.branching.sum(axis=0)[marks]  # sum_i A[i, m_k]

@@ -198,10 +198,14 @@ def reference_lines(rows: list[dict[str, Any]]) -> str:
     oracle, base = rows[0].get("oracle_test", {}), rows[0].get("baseline_test", {})
     lines = ["", "references on test (same definitions):", ""]
     if oracle:
-        lines.append(
-            f"- true process: nll_per_event {oracle['nll_per_event']:.4f}, Bayes mark accuracy "
+        text = (
+            f"- true process: nll_per_event {oracle['nll_per_event']:.4f} (time "
+            f"{oracle['time_nll']:.4f}, mark {oracle['mark_nll']:.4f}), Bayes mark accuracy "
             f"{oracle['mark_accuracy']:.4f}"
         )
+        if "rmse" in oracle:
+            text += f", rmse of the true conditional mean gap {oracle['rmse']:.4f}"
+        lines.append(text)
     if base:
         lines.append(
             f"- Poisson per mark (train rates): nll_per_event {base['nll_per_event']:.4f}; "
