@@ -198,11 +198,10 @@ def reference_lines(rows: list[dict[str, Any]]) -> str:
     oracle, base = rows[0].get("oracle_test", {}), rows[0].get("baseline_test", {})
     lines = ["", "references on test (same definitions):", ""]
     if oracle:
-        text = (
-            f"- true process: nll_per_event {oracle['nll_per_event']:.4f} (time "
-            f"{oracle['time_nll']:.4f}, mark {oracle['mark_nll']:.4f}), Bayes mark accuracy "
-            f"{oracle['mark_accuracy']:.4f}"
-        )
+        text = f"- true process: nll_per_event {oracle['nll_per_event']:.4f}"
+        if "time_nll" in oracle:
+            text += f" (time {oracle['time_nll']:.4f}, mark {oracle['mark_nll']:.4f})"
+        text += f", Bayes mark accuracy {oracle['mark_accuracy']:.4f}"
         if "rmse" in oracle:
             text += f", rmse of the true conditional mean gap {oracle['rmse']:.4f}"
         lines.append(text)
