@@ -11,6 +11,10 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("aaren_rl.bench", "speed and memory of the Aaren scan/step against a Transformer"),
     "make-dataset": ("aaren_rl.data.make_dataset", "build D4RL-recipe datasets with SB3 SAC"),
+    "make-memory-dataset": (
+        "aaren_rl.envs.memory_datasets",
+        "build offline data for the memory tasks (T-maze, POPGym) from scripted policies",
+    ),
     "train": ("aaren_rl.agents.train_cli", "train a decision agent on an offline dataset"),
     "evaluate": ("aaren_rl.agents.evaluate_cli", "roll out a checkpoint in vector environments"),
     "demo": ("aaren_rl.agents.demo", "train and evaluate Decision Aaren on the shipped dataset"),

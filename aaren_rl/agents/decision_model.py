@@ -31,6 +31,13 @@ fit the config is a bug to fix, not to hide). ``act`` and ``observe_action`` cla
 ``max_timestep - 1``, so an environment whose episodes run longer than the training data still
 rolls out (every step past the last one shares the last embedding); negative timesteps are an
 error in both.
+
+Actions: ``action_space: box`` (continuous, ``act_dim`` features, tanh, MSE loss) or
+``action_space: discrete`` (Decision Transformer's Atari setting: ``act_dim`` is the number of
+actions, actions are one-hot vectors ``[..., act_dim]`` both in the data and as the a_t token,
+the head gives logits and the loss is cross-entropy; at rollout the action is the argmax, or a
+draw from the softmax with ``sample=True``). The config records the kind, so a checkpoint
+rolled out in an environment of the other kind fails with a clear error.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ from .step_checks import check_step_inputs
 BACKBONES = ("aaren", "transformer")
 STEP_MODES = ("recompute", "kv_cache")
 RETURN_TOKENS = ("separate", "merged")
+ACTION_SPACES = ("box", "discrete")
 _MIN_STD = 1e-6
 
 
@@ -71,6 +79,9 @@ class DecisionModelConfig:
     training data (the ``return_max`` buffer): a target beyond the data conditions the model on
     the best return it has seen instead of a value it never met. Training is unchanged (no
     training return-to-go exceeds the maximum); only rollouts with such targets differ.
+    ``action_space`` is ``"box"`` (continuous) or ``"discrete"`` (one-hot actions, a
+    categorical head; ``action_tanh`` is then unused). ``aaren-rl train`` sets it from the
+    task's environment.
     """
 
     backbone: str = "aaren"
@@ -87,6 +98,7 @@ class DecisionModelConfig:
     full_attention: bool = False
     return_token: str = "separate"
     clip_return: bool = False
+    action_space: str = "box"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -108,6 +120,8 @@ class DecisionModelConfig:
             raise bad("step_mode", f"one of {STEP_MODES}")
         if self.return_token not in RETURN_TOKENS:
             raise bad("return_token", f"one of {RETURN_TOKENS}")
+        if self.action_space not in ACTION_SPACES:
+            raise bad("action_space", f"one of {ACTION_SPACES}")
         for key in ("d_model", "n_layers", "n_heads", "context", "max_timestep"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -195,6 +209,52 @@ def build_backbone(config: DecisionModelConfig) -> Backbone:
     )
 
 
+def action_space_kind(space: Any) -> str:
+    """``"box"`` for a Gymnasium ``Box`` action space, ``"discrete"`` for ``Discrete``."""
+    import gymnasium as gym
+
+    if isinstance(space, gym.spaces.Discrete):
+        return "discrete"
+    if isinstance(space, gym.spaces.Box):
+        return "box"
+    raise ValueError(
+        f"action space {space} is neither Box nor Discrete; the decision model supports only "
+        "those two (wrap the environment to flatten or discretise its actions)"
+    )
+
+
+def action_dim(space: Any) -> int:
+    """Features of an action vector: a Box's size, or a Discrete's number of actions."""
+    if action_space_kind(space) == "discrete":
+        return int(space.n)
+    return int(np.prod(space.shape))
+
+
+class CategoricalActionHead(nn.Linear):
+    """Logits over ``n_actions`` discrete actions, and the one-hot action chosen from them.
+
+    A plain ``nn.Linear(d_model, n_actions)`` (same parameter names as the continuous head)
+    with the two steps a rollout needs, so a fused inference step can call them on its own
+    hidden state: ``forward(h [..., d_model]) -> logits [..., n_actions]`` and
+    ``select(logits) -> one-hot [..., n_actions]``.
+    """
+
+    def select(
+        self,
+        logits: torch.Tensor,
+        sample: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """One-hot actions ``[..., n_actions]`` in the logits' dtype: the argmax (greedy), or
+        with ``sample=True`` a draw from ``softmax(logits)`` (using ``generator`` if given)."""
+        if sample:
+            probs = torch.softmax(logits.float(), dim=-1).reshape(-1, logits.shape[-1])
+            index = torch.multinomial(probs, 1, generator=generator).reshape(logits.shape[:-1])
+        else:
+            index = logits.argmax(dim=-1)
+        return nn.functional.one_hot(index, logits.shape[-1]).to(logits.dtype)
+
+
 def _as_vector(value: Any, size: int, name: str, fill: float) -> torch.Tensor:
     if value is None:
         return torch.full((size,), fill, dtype=torch.float32)
@@ -211,7 +271,7 @@ class DecisionModel(nn.Module):
 
     Args:
         obs_dim: observation features.
-        act_dim: action features (continuous).
+        act_dim: action features (``box``), or the number of actions (``discrete``).
         config: the architecture.
         state_mean, state_std: ``[obs_dim]`` dataset statistics; observations are normalised
             as ``(obs - mean) / std`` (std below 1e-6 is raised to 1e-6). Default 0 and 1.
@@ -260,7 +320,15 @@ class DecisionModel(nn.Module):
         self.embed_dropout = nn.Dropout(float(config.dropout))
         self.backbone = build_backbone(config)
         self.output_norm = nn.LayerNorm(d)
-        self.action_head = nn.Linear(d, act_dim)
+        if config.action_space == "discrete":
+            self.action_head: nn.Linear = CategoricalActionHead(d, act_dim)
+        else:
+            self.action_head = nn.Linear(d, act_dim)
+
+    @property
+    def discrete(self) -> bool:
+        """True for a categorical head (``action_space: discrete``)."""
+        return self.config.action_space == "discrete"
 
     # ------------------------------------------------------------------ embeddings
     def _dtype(self) -> torch.dtype:
@@ -301,8 +369,11 @@ class DecisionModel(nn.Module):
         return self._embed_tokens(self.embed_action(action.to(self._dtype())), t_emb)
 
     def _predict_action(self, h: torch.Tensor) -> torch.Tensor:
+        """The head's output at s_t: continuous actions (tanh'd if ``action_tanh``), or logits."""
         a = self.action_head(self.output_norm(h))
-        return torch.tanh(a) if self.config.action_tanh else a
+        if self.discrete or not self.config.action_tanh:
+            return a
+        return torch.tanh(a)
 
     def _check_features(self, x: torch.Tensor, name: str, dim: int, lead: tuple[int, ...]) -> None:
         expected = (*lead, dim)
@@ -346,7 +417,8 @@ class DecisionModel(nn.Module):
 
         Returns:
             ``(pred_actions [batch, time, act_dim], state)``; pred_actions[:, t] is read from
-            the backbone output at s_t.
+            the backbone output at s_t. For ``action_space: discrete`` these are the logits
+            (``actions`` are then one-hot).
         """
         if observations.dim() != 3:
             raise ValueError(
@@ -413,6 +485,8 @@ class DecisionModel(nn.Module):
         return_to_go: torch.Tensor,
         timestep: torch.Tensor,
         state: State | None,
+        sample: bool = False,
+        generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, State]:
         """Feed R_t and s_t of one step per row and predict a_t.
 
@@ -421,10 +495,13 @@ class DecisionModel(nn.Module):
             return_to_go: ``[batch]`` unscaled return-to-go.
             timestep: ``[batch]`` integer timestep (clamped at ``max_timestep - 1``).
             state: the rows' memory (None: a fresh episode for every row).
+            sample: discrete actions only: draw from the softmax instead of the argmax.
+            generator: the random stream of those draws.
 
         Returns:
-            ``(action [batch, act_dim], state)``. Call ``observe_action`` with the action that
-            was executed before the next ``act``.
+            ``(action [batch, act_dim], state)``: the continuous action, or the one-hot
+            discrete action. Call ``observe_action`` with the action that was executed before
+            the next ``act``.
 
         Raises:
             NonFiniteInputError: a NaN or inf observation or return-to-go (the message names the
@@ -450,10 +527,14 @@ class DecisionModel(nn.Module):
             _, state = self.backbone.step(self._return_token(return_to_go, t_emb), state)
             token = self._state_token(observation, t_emb)
         y, state = self.backbone.step(token, state)
-        return self._predict_action(y), state
+        action = self._predict_action(y)
+        if self.discrete:
+            action = self.action_head.select(action, sample=sample, generator=generator)
+        return action, state
 
     def observe_action(self, action: torch.Tensor, timestep: torch.Tensor, state: State) -> State:
-        """Feed the executed action a_t ``[batch, act_dim]`` at timestep t ``[batch]``."""
+        """Feed the executed action a_t ``[batch, act_dim]`` (one-hot if discrete) at timestep t
+        ``[batch]``."""
         action = torch.as_tensor(action, device=self._device())
         b = action.shape[0] if action.dim() == 2 else -1
         self._check_features(action, "action", self.act_dim, (b,))

@@ -120,6 +120,11 @@ class FusedWeights(NamedTuple):
 
 def check_supported(model: DecisionModel) -> None:
     """Raise ``ValueError`` (one line, with the fix) when the fast step cannot run ``model``."""
+    if getattr(model, "discrete", False):
+        raise ValueError(
+            "FastDecisionStep runs continuous (Box) action heads; a discrete model steps with "
+            "its own act/observe_action (its CategoricalActionHead.select picks the action)"
+        )
     backbone = model.backbone
     if not isinstance(backbone, AarenBackbone):
         raise ValueError(

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from aaren_rl.nn.backbone import state_nbytes
 
-from .decision_model import DecisionModel
+from .decision_model import DecisionModel, action_space_kind
 from .fast_step import FastDecisionStep, check_supported
 from .step_checks import NonFiniteInputError, check_step_inputs
 
@@ -142,11 +142,24 @@ def _check_spaces(envs: gym.vector.VectorEnv, model: DecisionModel, env_id: str)
             f"shape ({model.obs_dim},) (obs_dim={model.obs_dim}); evaluate it on the task it "
             "was trained for"
         )
-    if not isinstance(act_space, gym.spaces.Box) or act_space.shape != (model.act_dim,):
+    kind = model.config.action_space
+    try:
+        env_kind = action_space_kind(act_space)
+    except ValueError as exc:
+        raise ValueError(f"environment {env_id}: {exc}") from None
+    if env_kind != kind:
         raise ValueError(
-            f"environment {env_id} takes actions {act_space} but the model predicts shape "
-            f"({model.act_dim},) (act_dim={model.act_dim}); evaluate it on the task it was "
-            "trained for"
+            f"environment {env_id} takes {env_kind} actions ({act_space}) but the model was "
+            f"trained for {kind} actions (model config action_space: {kind}); evaluate it on "
+            "the task it was trained for"
+        )
+    size = int(act_space.n) if kind == "discrete" else act_space.shape
+    expected = model.act_dim if kind == "discrete" else (model.act_dim,)
+    if size != expected:
+        raise ValueError(
+            f"environment {env_id} takes actions {act_space} but the model predicts "
+            f"{model.act_dim} {'actions' if kind == 'discrete' else 'features'} "
+            f"(act_dim={model.act_dim}); evaluate it on the task it was trained for"
         )
 
 
@@ -166,6 +179,7 @@ def evaluate_agent(
     progress: bool = False,
     fast_step: bool = True,
     vectorization_mode: str = "sync",
+    sample: bool = False,
 ) -> RolloutResult:
     """Play ``n_episodes`` episodes of ``env_id`` with ``n_envs`` environments side by side.
 
@@ -182,8 +196,11 @@ def evaluate_agent(
         env_kwargs: more keyword arguments for ``gym.make``.
         autoreset_mode: the vector env's autoreset mode, ``"NextStep"`` (Gymnasium's default)
             or ``"SameStep"``; both give the same episodes.
-        record: keep every episode's inputs and actions in ``result.episodes``.
+        record: keep every episode's inputs and actions in ``result.episodes`` (discrete
+            actions as the one-hot vectors fed to the model).
         progress: show a progress bar over episodes.
+        sample: discrete actions: draw each from the model's softmax (seeded by ``seed``)
+            instead of taking the argmax.
         fast_step: step an Aaren model with :class:`FastDecisionStep` (the same actions within
             float32 rounding, several times faster); False: the model's own ``act``.
         vectorization_mode: ``"sync"`` (one process; measured the faster on one core for
@@ -209,6 +226,7 @@ def evaluate_agent(
             progress=progress,
             fast_step=fast_step,
             vectorization_mode=vectorization_mode,
+            sample=sample,
         )
     except NonFiniteInputError as exc:
         raise NonFiniteInputError(
@@ -235,6 +253,7 @@ def _evaluate(
     progress: bool,
     fast_step: bool,
     vectorization_mode: str,
+    sample: bool,
 ) -> RolloutResult:
     net = _unwrap(model)
     if n_episodes < 1:
@@ -262,9 +281,14 @@ def _evaluate(
     net.eval()
     try:
         _check_spaces(envs, net, env_id)
-        policy = rollout_policy(net, fast_step)
-        low = torch.as_tensor(envs.single_action_space.low, dtype=torch.float32, device=device)
-        high = torch.as_tensor(envs.single_action_space.high, dtype=torch.float32, device=device)
+        policy = rollout_policy(net, fast_step)  # a discrete model: the model itself
+        act_space = envs.single_action_space
+        if net.discrete:
+            generator = torch.Generator(device=device).manual_seed(seed) if sample else None
+            first_action = int(act_space.start)
+        else:
+            low = torch.as_tensor(act_space.low, dtype=torch.float32, device=device)
+            high = torch.as_tensor(act_space.high, dtype=torch.float32, device=device)
         targets = np.array([(n_episodes + i) // n_envs for i in range(n_envs)])
         counts = np.zeros(n_envs, dtype=np.int64)
         per_env: list[list[tuple[float, int, EpisodeRecord | None]]] = [[] for _ in range(n_envs)]
@@ -288,10 +312,16 @@ def _evaluate(
                 obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
                 t_t = torch.as_tensor(timestep, device=device)
                 rtg_t = torch.as_tensor(rtg, dtype=torch.float32, device=device)
-                action, state = policy.act(obs_t, rtg_t, t_t, state)
-                action = torch.maximum(torch.minimum(action.float(), high), low)
-                state = policy.observe_action(action, t_t, state)
-                action_np = action.cpu().numpy()
+                if net.discrete:
+                    action, state = net.act(obs_t, rtg_t, t_t, state, sample, generator)
+                    state = net.observe_action(action, t_t, state)
+                    action_np = action.float().cpu().numpy()
+                    env_action = action_np.argmax(axis=1) + first_action
+                else:
+                    action, state = policy.act(obs_t, rtg_t, t_t, state)
+                    action = torch.maximum(torch.minimum(action.float(), high), low)
+                    state = policy.observe_action(action, t_t, state)
+                    action_np = env_action = action.cpu().numpy()
                 model_ms.append((time.perf_counter() - t0) * 1e3)
 
                 nbytes = round(state_nbytes(state) / n_envs)
@@ -309,7 +339,7 @@ def _evaluate(
                         buf["timesteps"].append(timestep[i])
 
                 t1 = time.perf_counter()
-                obs, reward, terminated, truncated, _ = envs.step(action_np)
+                obs, reward, terminated, truncated, _ = envs.step(env_action)
                 env_ms.append((time.perf_counter() - t1) * 1e3)
 
                 reward = np.where(stepping, np.asarray(reward, dtype=np.float64), 0.0)

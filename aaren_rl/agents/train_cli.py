@@ -151,6 +151,25 @@ def resolve_agent(
     }
 
 
+def with_action_space(preset: dict[str, Any], spec: Any) -> dict[str, Any]:
+    """The preset with ``model.action_space`` set from the task's environment (box/discrete).
+
+    A preset that names an action space of the other kind is an error naming the file.
+    """
+    from aaren_rl.agents.decision_model import action_space_kind
+
+    kind = action_space_kind(spec.env_spaces()[1])
+    stated = preset["model"].get("action_space")
+    if stated is not None and stated != kind:
+        raise ValueError(
+            f"{preset['source']}: model.action_space is {stated!r} but task {spec.name!r} "
+            f"({spec.env_id}) has {kind} actions; remove the key or set it to {kind!r}"
+        )
+    out = copy.deepcopy(preset)
+    out["model"]["action_space"] = kind
+    return out
+
+
 def default_out_dir(agent_name: str, task_name: str, seed: int) -> Path:
     """``runs/<agent>/<task>/seed<seed>``."""
     return Path("runs") / agent_name / task_name / f"seed{seed}"
@@ -194,6 +213,7 @@ def run_training(
     out_dir = Path(out_dir)
     if dataset is None:
         dataset = spec.load_dataset()
+    preset = with_action_space(preset, spec)
     seed_everything(train_cfg.seed)  # identical initial weights on every rank
     model = build_decision_model(
         preset["model"],

@@ -99,12 +99,42 @@ def masked_action_mse(
     return (sq * weight).sum() / count.clamp_min(1.0)
 
 
+def masked_action_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Cross-entropy of discrete actions over the valid positions only.
+
+    logits, target: ``[batch, time, n_actions]`` (target one-hot; its argmax is the class);
+    mask: ``[batch, time]`` bool (True = valid) or None. The mean runs over valid positions.
+    """
+    if logits.shape != target.shape:
+        raise ValueError(f"action logits {tuple(logits.shape)} vs targets {tuple(target.shape)}")
+    nll = nn.functional.cross_entropy(
+        logits.flatten(0, -2), target.argmax(dim=-1).flatten(), reduction="none"
+    ).reshape(target.shape[:-1])
+    if mask is None:
+        return nll.mean()
+    weight = mask.to(nll.dtype)
+    return (nll * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def action_loss(
+    model: nn.Module, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """The model's action loss: cross-entropy for a discrete action head, else MSE."""
+    config = getattr(getattr(model, "module", model), "config", None)  # DDP wraps the model
+    if getattr(config, "action_space", "box") == "discrete":
+        return masked_action_cross_entropy(pred, target, mask)
+    return masked_action_mse(pred, target, mask)
+
+
 def decision_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The decision agent's training loss on one batch of sequences (the loop's plug-in).
 
     ``batch``: ``observations [B,K,obs]``, ``actions [B,K,act]``, ``returns_to_go [B,K]``,
     ``timesteps [B,K]``, ``mask [B,K]`` bool. The model predicts every action from the tokens
-    before it; the loss is :func:`masked_action_mse` over the valid steps.
+    before it; the loss is :func:`action_loss` over the valid steps (MSE, or cross-entropy
+    for discrete actions).
     """
     pred, _ = model(
         observations=batch["observations"],
@@ -113,7 +143,7 @@ def decision_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Ten
         timesteps=batch["timesteps"],
         mask=batch["mask"],
     )
-    return masked_action_mse(pred, batch["actions"], batch["mask"])
+    return action_loss(model, pred, batch["actions"], batch["mask"])
 
 
 def task_to_dict(task: Any) -> dict[str, Any]:

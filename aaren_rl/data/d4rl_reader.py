@@ -185,6 +185,9 @@ def read_d4rl_hdf5(path_or_name: str | Path, extras: bool = True) -> dict[str, n
 
 
 def _space_shape(space: Any, role: str) -> tuple[int, ...]:
+    n = getattr(space, "n", None)
+    if getattr(space, "shape", None) == () and n is not None:
+        return (int(n),)  # a Discrete space: its actions are stored one-hot, [N, n]
     shape = getattr(space, "shape", None)
     if shape is None:
         raise TypeError(f"the {role} space {space!r} has no shape; expected a gymnasium Box space")
@@ -199,6 +202,9 @@ def check_spaces(dataset: TrajectoryDataset, env_spaces: Any, source: str | None
         env_spaces: ``(observation_space, action_space)``, or an object (an env) with
             ``observation_space`` and ``action_space``.
         source: the file named in errors (default: ``dataset.source``).
+
+    A ``Discrete(n)`` space stands for one-hot vectors of size ``n`` (how discrete actions
+    are stored in these files).
 
     Raises:
         DatasetError: ``observations`` or ``actions`` have another shape than the space.
