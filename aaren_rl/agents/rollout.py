@@ -153,12 +153,13 @@ def _check_spaces(envs: gym.vector.VectorEnv, model: DecisionModel, env_id: str)
             f"trained for {kind} actions (model config action_space: {kind}); evaluate it on "
             "the task it was trained for"
         )
-    size = int(act_space.n) if kind == "discrete" else act_space.shape
-    expected = model.act_dim if kind == "discrete" else (model.act_dim,)
-    if size != expected:
+    if kind == "discrete":
+        fits, predicts = int(act_space.n) == model.act_dim, f"{model.act_dim} actions"
+    else:
+        fits, predicts = act_space.shape == (model.act_dim,), f"shape ({model.act_dim},)"
+    if not fits:
         raise ValueError(
-            f"environment {env_id} takes actions {act_space} but the model predicts "
-            f"{model.act_dim} {'actions' if kind == 'discrete' else 'features'} "
+            f"environment {env_id} takes actions {act_space} but the model predicts {predicts} "
             f"(act_dim={model.act_dim}); evaluate it on the task it was trained for"
         )
 

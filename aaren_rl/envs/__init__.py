@@ -44,6 +44,8 @@ if "aaren_rl/TMaze-v0" not in gym.registry:
 for _length in STANDARD_LENGTHS:
     register_tmaze(_length)
 if "aaren_rl/RepeatFirst-v0" not in gym.registry:
-    gym.register("aaren_rl/RepeatFirst-v0", entry_point="aaren_rl.envs.popgym_tasks:make_repeat_first")
+    gym.register(
+        "aaren_rl/RepeatFirst-v0", entry_point="aaren_rl.envs.popgym_tasks:make_repeat_first"
+    )
 
 __all__ = ["STANDARD_LENGTHS", "TMazeEnv", "register_tmaze", "tmaze_id"]

@@ -29,6 +29,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from aaren_rl.cli import add_threads_argument, apply_threads
 from aaren_rl.data.d4rl_writer import write_d4rl
 from aaren_rl.data.paths import DATASET_SUFFIXES, data_dir
 from aaren_rl.envs.popgym_tasks import repeat_first_oracle
@@ -220,11 +221,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="output .hdf5 (default: the task's dataset)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    add_threads_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from aaren_rl.data.tasks import load_task
 
+    apply_threads(args.threads)
     try:
         task = load_task(args.task)
         mix = Mix(args.oracle, args.blind, args.epsilon)

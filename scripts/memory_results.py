@@ -1,0 +1,330 @@
+"""Memory tasks: Decision Aaren against DT (K=20) and a full-KV-cache Transformer on the T-maze.
+
+    PYTHONPATH=. .venv/bin/python scripts/memory_results.py --lengths 20 100 --seeds 0 1 2 \\
+        --steps 400 --threads 1
+
+For every corridor length L the script builds the T-maze dataset (aaren-rl
+make-memory-dataset's behaviour mix, seed 0, the same file for every agent), trains every agent
+with every seed on it for the same number of optimiser steps and the same batch (in sequences),
+then measures on the trained model:
+
+- success: the fraction of ``--eval-episodes`` T-maze episodes won, conditioned on return 1
+  (greedy actions);
+- memory per env: the rollout state's bytes per environment at the episode's last step
+  (``state_nbytes``; Aaren's is constant, a full KV cache grows by one key and value per token
+  and layer, DT's recompute window is bounded);
+- time per step at the last step: the median over the last 10 steps of a one-env rollout of
+  ``L + 1`` steps (``profile_steps``, one thread), side by side in one process.
+
+Agents (``--agents``): ``aaren`` (Decision Aaren, trained on whole episodes from t = 0, the
+prefix sampler's ``full`` mode: the turn is the episode's last step, so a random-length prefix
+would hold it only once in L + 1 draws), ``dt`` (Decision Transformer: K = 20 windows, window
+recompute at rollout), ``kv`` (the Transformer with full attention and a KV cache, whole
+episodes like Aaren) and the Aaren variants ``aaren-heads4``, ``aaren-merged`` (return token
+merged into the state token) and ``aaren-deep`` (4 layers).
+
+The script is resumable: a finished run keeps its ``run.json`` (under ``--work``, with the
+datasets and checkpoints) and is skipped. At the end it writes ``OUT/memory-results.json``, ``OUT/memory-results.md`` (the tables and the command) and
+``OUT/memory-results.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL_MODEL = {"d_model": 64, "n_layers": 2, "n_heads": 1, "dropout": 0.0}
+AGENTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "aaren": ("decision-aaren", {"train.sampler": "full"}),
+    "dt": ("decision-transformer", {"train.sampler": "window", "model.step_mode": "recompute"}),
+    "kv": (
+        "decision-transformer",
+        {"train.sampler": "full", "model.full_attention": True, "model.step_mode": "kv_cache"},
+    ),
+    "aaren-heads4": ("decision-aaren", {"train.sampler": "full", "model.n_heads": 4}),
+    "aaren-merged": ("decision-aaren", {"train.sampler": "full", "model.return_token": "merged"}),
+    "aaren-deep": ("decision-aaren", {"train.sampler": "full", "model.n_layers": 4}),
+}
+LABELS = {
+    "aaren": "Decision Aaren",
+    "dt": "DT K=20 (recompute)",
+    "kv": "Transformer, full KV cache",
+    "aaren-heads4": "Decision Aaren, 4 heads",
+    "aaren-merged": "Decision Aaren, merged R token",
+    "aaren-deep": "Decision Aaren, 4 layers",
+}
+
+
+def overrides_for(agent: str, length: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The preset overrides of one agent at corridor length ``length``."""
+    _, extra = AGENTS[agent]
+    out: dict[str, Any] = {f"model.{k}": v for k, v in SMALL_MODEL.items()}
+    out.update(
+        {
+            "model.max_timestep": length + 1,
+            "model.context": 20,
+            "train.max_len": length + 1,
+            "train.batch_size": args.batch_size,
+            "train.steps": steps_for(length, args),
+            "train.warmup_steps": max(1, steps_for(length, args) // 10),
+            "train.lr": args.lr,
+            "train.eval_every": 0,
+            "train.eval_episodes": 0,  # evaluated below, with the costs
+            "train.checkpoint_every": 100,
+            "train.log_every": 25,
+        }
+    )
+    out.update(extra)
+    return out
+
+
+def steps_for(length: int, args: argparse.Namespace) -> int:
+    for item in args.steps_at or []:
+        at, _, steps = item.partition("=")
+        if int(at) == length:
+            return int(steps)
+    return int(args.steps)
+
+
+def task_for(length: int, data_file: Path) -> Any:
+    from aaren_rl.data.tasks import task_from_dict
+    from aaren_rl.envs import register_tmaze
+
+    env_id = "aaren_rl.envs:" + register_tmaze(length)
+    raw = {
+        "name": f"tmaze-l{length}",
+        "env_id": env_id,
+        "dataset": str(data_file),
+        "dataset_format": "d4rl",
+        "max_episode_steps": length + 1,
+        "reward_scale": 1.0,
+        "target_returns": [1.0],
+        "reference_scores": {"success": [0.0, 1.0], "use": "success"},
+    }
+    return task_from_dict(raw, path=REPO / "envs" / f"tmaze-l{length}.yaml")
+
+
+def one_run(agent: str, length: int, seed: int, task: Any, dataset: Any, args) -> dict[str, Any]:
+    from aaren_rl.agents.rollout import evaluate_agent, profile_steps
+    from aaren_rl.agents.train_cli import run_training
+
+    out_dir = Path(args.work) / "runs" / f"L{length}" / agent / f"seed{seed}"
+    record_path = out_dir / "run.json"
+    if record_path.is_file():
+        return json.loads(record_path.read_text())
+    preset, _ = AGENTS[agent]
+    t0 = time.perf_counter()
+    result = run_training(
+        preset,
+        task,
+        out_dir=out_dir,
+        seed=seed,
+        device="cpu",
+        resume=(out_dir / "checkpoint.pt").is_file(),
+        overrides=overrides_for(agent, length, args),
+        progress=not args.no_progress,
+        dataset=dataset,
+    )
+    train_s = time.perf_counter() - t0
+    model = result.model
+    res = evaluate_agent(
+        model,
+        task.env_id,
+        target_return=1.0,
+        n_episodes=args.eval_episodes,
+        n_envs=args.eval_envs,
+        seed=10_000 + seed,
+        device="cpu",
+        max_episode_steps=task.max_episode_steps,
+    )
+    prof = profile_steps(model, n_steps=length + 1, n_envs=1, seed=seed, device="cpu")
+    ms_last, bytes_last = prof.at(length + 1)
+    record = {
+        "agent": agent,
+        "length": length,
+        "seed": seed,
+        "steps": result.end_step,
+        "final_loss": float(np.mean(result.losses[-25:])) if result.losses else None,
+        "success": float(np.mean(res.returns)),
+        "episodes": len(res.returns),
+        "state_bytes_per_env_last": bytes_last,
+        "ms_per_step_last": ms_last,
+        "ms_per_step_first": float(np.median(prof.latency_ms[:10])),
+        "train_seconds": train_s,
+    }
+    from aaren_rl.agents.trainer import write_json_atomic
+
+    write_json_atomic(record_path, record)
+    return record
+
+
+def summarise(records: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
+    table: dict[tuple[str, int], dict[str, Any]] = {}
+    for r in records:
+        table.setdefault((r["agent"], r["length"]), {"runs": []})["runs"].append(r)
+    for row in table.values():
+        runs = row["runs"]
+        succ = np.array([r["success"] for r in runs])
+        row.update(
+            success_mean=float(succ.mean()),
+            success_std=float(succ.std()),
+            seeds=len(runs),
+            steps=runs[0]["steps"],
+            state_bytes=int(np.median([r["state_bytes_per_env_last"] for r in runs])),
+            ms_last=float(np.median([r["ms_per_step_last"] for r in runs])),
+            per_seed=[round(float(s), 3) for s in succ],
+        )
+    return table
+
+
+def _fmt_bytes(n: int) -> str:
+    return f"{n} B" if n < 10_000 else f"{n / 1024:.1f} KiB"
+
+
+def write_outputs(records: list[dict[str, Any]], args: argparse.Namespace, command: str) -> None:
+    import torch
+
+    from aaren_rl.agents.trainer import write_json_atomic
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = summarise(records)
+    agents = [a for a in args.agents if any(k[0] == a for k in table)]
+    lengths = sorted({k[1] for k in table})
+    stamp = (
+        f"{platform.node()} ({platform.processor() or platform.machine()}), torch "
+        f"{torch.__version__}, {torch.get_num_threads()} thread(s), "
+        f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}"
+    )
+    lines = [
+        "# T-maze: whole-episode memory against a 20-step window",
+        "",
+        f"Made by `{command}` on {stamp}.",
+        "",
+        "Success = fraction of evaluation episodes that turned the cued way (target return 1,",
+        f"greedy actions, {args.eval_episodes} episodes per run), mean ± std over seeds (per-seed",
+        "values in brackets). Memory = rollout state bytes per env at the last step; time = median",
+        "ms per env step over the last 10 steps of a one-env rollout of L + 1 steps, one thread.",
+        "",
+        "| agent | L | steps | seeds | success | per seed | memory/env at last step "
+        "| ms/step at last step |",
+        "|---|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for agent in agents:
+        for length in lengths:
+            row = table.get((agent, length))
+            if row is None:
+                continue
+            lines.append(
+                f"| {LABELS[agent]} | {length} | {row['steps']} | {row['seeds']} | "
+                f"{100 * row['success_mean']:.0f}% ± {100 * row['success_std']:.0f} | "
+                f"{row['per_seed']} | {_fmt_bytes(row['state_bytes'])} | {row['ms_last']:.2f} |"
+            )
+    (out / "memory-results.md").write_text("\n".join(lines) + "\n")
+    write_json_atomic(
+        out / "memory-results.json",
+        {"command": command, "stamp": stamp, "records": records},
+    )
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for agent in agents:
+        xs = [L for L in lengths if (agent, L) in table]
+        rows = [table[(agent, L)] for L in xs]
+        axes[0].errorbar(
+            xs,
+            [100 * r["success_mean"] for r in rows],
+            yerr=[100 * r["success_std"] for r in rows],
+            marker="o",
+            capsize=3,
+            label=LABELS[agent],
+        )
+        axes[1].plot(xs, [r["state_bytes"] / 1024 for r in rows], marker="o", label=LABELS[agent])
+        axes[2].plot(xs, [r["ms_last"] for r in rows], marker="o", label=LABELS[agent])
+    axes[0].axhline(50, color="grey", ls=":", lw=1)
+    axes[0].set(xscale="log", xlabel="corridor length L", ylabel="success %", ylim=(0, 105))
+    axes[1].set(xscale="log", yscale="log", xlabel="L", ylabel="state KiB per env, last step")
+    axes[2].set(xscale="log", xlabel="L", ylabel="ms per step, last step (1 thread)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Passive T-maze: success, memory and time per step against corridor length")
+    fig.tight_layout()
+    fig.savefig(out / "memory-results.png", dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[20, 100])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--agents", nargs="+", default=["aaren", "dt", "kv"], choices=AGENTS)
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument(
+        "--steps-at", nargs="*", default=None, metavar="L=STEPS", help="other steps at length L"
+    )
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--episodes", type=int, default=300, help="dataset episodes per L")
+    parser.add_argument("--eval-episodes", type=int, default=100)
+    parser.add_argument("--eval-envs", type=int, default=25)
+    parser.add_argument("--out", default=str(REPO / "docs" / "results" / "memory"), help="tables")
+    parser.add_argument(
+        "--work", default=str(REPO / "runs" / "memory"), help="datasets and runs (checkpoints)"
+    )
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--report-only", action="store_true", help="tables from finished runs")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from aaren_rl.data.d4rl_reader import load_d4rl
+    from aaren_rl.envs.memory_datasets import Mix, build_dataset
+
+    command = "PYTHONPATH=. .venv/bin/python scripts/memory_results.py " + shlex.join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    out = Path(args.out)
+    records: list[dict[str, Any]] = []
+    for length in args.lengths:
+        data_file = Path(args.work) / "data" / f"tmaze-l{length}-mixed-v0.hdf5"
+        task = task_for(length, data_file)
+        if args.report_only:
+            for path in sorted((Path(args.work) / "runs" / f"L{length}").glob("*/seed*/run.json")):
+                records.append(json.loads(path.read_text()))
+            continue
+        if not data_file.is_file():
+            build_dataset(task, data_file, n_episodes=args.episodes, mix=Mix(), seed=0)
+        dataset = load_d4rl(data_file, max_episode_steps=length + 1)
+        for agent in args.agents:
+            for seed in args.seeds:
+                rec = one_run(agent, length, seed, task, dataset, args)
+                records.append(rec)
+                print(
+                    f"L={length} {agent} seed{seed}: success {rec['success']:.2f}, "
+                    f"state {rec['state_bytes_per_env_last']} B/env, "
+                    f"{rec['ms_per_step_last']:.2f} ms/step, trained {rec['train_seconds']:.0f} s",
+                    flush=True,
+                )
+                write_outputs(records, args, command)
+    write_outputs(records, args, command)
+    print(f"wrote {out / 'memory-results.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
