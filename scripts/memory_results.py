@@ -24,7 +24,9 @@ episodes like Aaren) and the Aaren variants ``aaren-heads4``, ``aaren-merged`` (
 merged into the state token) and ``aaren-deep`` (4 layers).
 
 The script is resumable: a finished run keeps its ``run.json`` (under ``--work``, with the
-datasets and checkpoints) and is skipped. At the end it writes ``OUT/memory-results.json``, ``OUT/memory-results.md`` (the tables and the command) and
+datasets and checkpoints) and is skipped. After every run it writes, over every finished run
+under ``--work`` (this call's and earlier ones'), ``OUT/memory-results.json``,
+``OUT/memory-results.md`` (the tables and every command that made them) and
 ``OUT/memory-results.png``.
 """
 
@@ -149,6 +151,7 @@ def one_run(agent: str, length: int, seed: int, task: Any, dataset: Any, args) -
     )
     prof = profile_steps(model, n_steps=length + 1, n_envs=1, seed=seed, device="cpu")
     ms_last, bytes_last = prof.at(length + 1)
+    cue = cue_weight(model, dataset)
     record = {
         "agent": agent,
         "length": length,
@@ -161,11 +164,60 @@ def one_run(agent: str, length: int, seed: int, task: Any, dataset: Any, args) -
         "ms_per_step_last": ms_last,
         "ms_per_step_first": float(np.median(prof.latency_ms[:10])),
         "train_seconds": train_s,
+        "cue_weight_by_layer": cue,
     }
     from aaren_rl.agents.trainer import write_json_atomic
 
     write_json_atomic(record_path, record)
     return record
+
+
+def cue_weight(model: Any, dataset: Any, n_episodes: int = 32) -> list[float] | None:
+    """Aaren only: per layer, the softmax weight the turn's s_t token gives to s_0 (the cue).
+
+    On up to ``n_episodes`` data episodes that reached the junction, forward hooks take each
+    layer's scores ``[batch, tokens, heads]``; at the last state token the weight of token s_0
+    is ``softmax(scores[: last + 1])[s_0]``. Returns, per layer, the mean over episodes of the
+    largest weight over heads (1 would be a head that reads the cue alone; 1 / tokens uniform).
+    """
+    import torch
+
+    from aaren_rl.nn.aaren import AarenAttention
+
+    layers = [m for m in model.backbone.modules() if isinstance(m, AarenAttention)]
+    if not layers:
+        return None
+    episodes = [ep for ep in dataset.episodes if ep.observations[-1][2] > 0.5][:n_episodes]
+    captured: list[torch.Tensor] = []
+    hooks = [
+        layer.register_forward_hook(
+            lambda mod, inputs, output: captured.append(mod.scores_and_values(inputs[0])[0])
+        )
+        for layer in layers
+    ]
+    n_tok = model.config.tokens_per_step
+    s_index = n_tok - 2
+    weights = np.zeros((len(episodes), len(layers)))
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i, ep in enumerate(episodes):
+                captured.clear()
+                rtg = np.cumsum(ep.rewards[::-1])[::-1].copy()
+                model(
+                    torch.as_tensor(ep.observations)[None],
+                    torch.as_tensor(ep.actions)[None],
+                    torch.as_tensor(rtg, dtype=torch.float32)[None],
+                    torch.arange(len(ep))[None],
+                )
+                last = (len(ep) - 1) * n_tok + s_index
+                for j, scores in enumerate(captured):
+                    w = torch.softmax(scores[0, : last + 1].double(), dim=0)  # [tokens, heads]
+                    weights[i, j] = float(w[s_index].max())
+    finally:
+        for h in hooks:
+            h.remove()
+    return [round(float(v), 4) for v in weights.mean(axis=0)]
 
 
 def summarise(records: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
@@ -183,42 +235,85 @@ def summarise(records: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, 
             state_bytes=int(np.median([r["state_bytes_per_env_last"] for r in runs])),
             ms_last=float(np.median([r["ms_per_step_last"] for r in runs])),
             per_seed=[round(float(s), 3) for s in succ],
+            cue_weight=_mean_cue(runs),
         )
     return table
+
+
+def _mean_cue(runs: list[dict[str, Any]]) -> list[float] | None:
+    cues = [r.get("cue_weight_by_layer") for r in runs]
+    if any(c is None for c in cues):
+        return None
+    return [round(float(v), 3) for v in np.mean(np.array(cues), axis=0)]
 
 
 def _fmt_bytes(n: int) -> str:
     return f"{n} B" if n < 10_000 else f"{n / 1024:.1f} KiB"
 
 
-def write_outputs(records: list[dict[str, Any]], args: argparse.Namespace, command: str) -> None:
+def finished_records(work: Path) -> list[dict[str, Any]]:
+    """Every finished run under ``work/runs`` (all lengths and agents, earlier calls too)."""
+    return [json.loads(p.read_text()) for p in sorted((work / "runs").glob("L*/*/seed*/run.json"))]
+
+
+def backfill_cue_weights(work: Path) -> None:
+    """Add the cue weight to finished Aaren runs recorded before it was measured."""
+    from aaren_rl.agents.checkpoint import load_agent
+    from aaren_rl.agents.trainer import write_json_atomic
+    from aaren_rl.data.d4rl_reader import load_d4rl
+
+    for path in sorted((work / "runs").glob("L*/aaren*/seed*/run.json")):
+        record = json.loads(path.read_text())
+        if record.get("cue_weight_by_layer") is not None:
+            continue
+        length = int(record["length"])
+        data = work / "data" / f"tmaze-l{length}-mixed-v0.hdf5"
+        model, _ = load_agent(path.parent / "checkpoint.pt")
+        dataset = load_d4rl(data, max_episode_steps=length + 1)
+        record["cue_weight_by_layer"] = cue_weight(model, dataset)
+        write_json_atomic(path, record)
+
+
+def write_outputs(args: argparse.Namespace, command: str) -> None:
+    """Tables, JSON and plot of every finished run under ``--work``."""
     import torch
 
     from aaren_rl.agents.trainer import write_json_atomic
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    records = finished_records(Path(args.work))
     table = summarise(records)
-    agents = [a for a in args.agents if any(k[0] == a for k in table)]
+    agents = [a for a in AGENTS if any(k[0] == a for k in table)]
     lengths = sorted({k[1] for k in table})
     stamp = (
         f"{platform.node()} ({platform.processor() or platform.machine()}), torch "
         f"{torch.__version__}, {torch.get_num_threads()} thread(s), "
         f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}"
     )
+    log = Path(args.work) / "commands.txt"
+    commands = log.read_text().splitlines() if log.is_file() else []
+    if command not in commands:
+        commands.append(command)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("\n".join(commands) + "\n")
     lines = [
         "# T-maze: whole-episode memory against a 20-step window",
         "",
-        f"Made by `{command}` on {stamp}.",
+        f"Tables written on {stamp}, from the runs of:",
+        "",
+        *[f"    {c}" for c in commands],
         "",
         "Success = fraction of evaluation episodes that turned the cued way (target return 1,",
         f"greedy actions, {args.eval_episodes} episodes per run), mean ± std over seeds (per-seed",
         "values in brackets). Memory = rollout state bytes per env at the last step; time = median",
         "ms per env step over the last 10 steps of a one-env rollout of L + 1 steps, one thread.",
+        "Cue weight (Aaren): per layer, the softmax weight the turn's s_t token puts on s_0 (the",
+        "cue), largest over heads, mean over 32 data episodes and the seeds.",
         "",
         "| agent | L | steps | seeds | success | per seed | memory/env at last step "
-        "| ms/step at last step |",
-        "|---|---:|---:|---:|---:|---|---:|---:|",
+        "| ms/step at last step | cue weight by layer |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---|",
     ]
     for agent in agents:
         for length in lengths:
@@ -228,7 +323,8 @@ def write_outputs(records: list[dict[str, Any]], args: argparse.Namespace, comma
             lines.append(
                 f"| {LABELS[agent]} | {length} | {row['steps']} | {row['seeds']} | "
                 f"{100 * row['success_mean']:.0f}% ± {100 * row['success_std']:.0f} | "
-                f"{row['per_seed']} | {_fmt_bytes(row['state_bytes'])} | {row['ms_last']:.2f} |"
+                f"{row['per_seed']} | {_fmt_bytes(row['state_bytes'])} | {row['ms_last']:.2f} | "
+                f"{row['cue_weight'] if row['cue_weight'] is not None else ''} |"
             )
     (out / "memory-results.md").write_text("\n".join(lines) + "\n")
     write_json_atomic(
@@ -286,7 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--report-only", action="store_true", help="tables from finished runs")
+    parser.add_argument(
+        "--report-only", action="store_true", help="only the tables of finished runs"
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -299,29 +397,24 @@ def main(argv: list[str] | None = None) -> int:
         argv if argv is not None else sys.argv[1:]
     )
     out = Path(args.out)
-    records: list[dict[str, Any]] = []
-    for length in args.lengths:
+    for length in [] if args.report_only else args.lengths:
         data_file = Path(args.work) / "data" / f"tmaze-l{length}-mixed-v0.hdf5"
         task = task_for(length, data_file)
-        if args.report_only:
-            for path in sorted((Path(args.work) / "runs" / f"L{length}").glob("*/seed*/run.json")):
-                records.append(json.loads(path.read_text()))
-            continue
         if not data_file.is_file():
             build_dataset(task, data_file, n_episodes=args.episodes, mix=Mix(), seed=0)
         dataset = load_d4rl(data_file, max_episode_steps=length + 1)
         for agent in args.agents:
             for seed in args.seeds:
                 rec = one_run(agent, length, seed, task, dataset, args)
-                records.append(rec)
                 print(
                     f"L={length} {agent} seed{seed}: success {rec['success']:.2f}, "
                     f"state {rec['state_bytes_per_env_last']} B/env, "
                     f"{rec['ms_per_step_last']:.2f} ms/step, trained {rec['train_seconds']:.0f} s",
                     flush=True,
                 )
-                write_outputs(records, args, command)
-    write_outputs(records, args, command)
+                write_outputs(args, command)
+    backfill_cue_weights(Path(args.work))
+    write_outputs(args, command)
     print(f"wrote {out / 'memory-results.md'}")
     return 0
 

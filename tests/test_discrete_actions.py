@@ -239,3 +239,33 @@ def test_training_on_a_tmaze_learns_the_cue_with_cross_entropy(tmp_path):
     bad = {**agent, "model": {**agent["model"], "action_space": "box"}}
     with pytest.raises(ValueError, match="model.action_space is 'box' but task .* discrete"):
         run_training(bad, task, out_dir=tmp_path / "bad", progress=False)
+
+
+def test_evaluate_cli_samples_discrete_actions_like_evaluate_agent(tmp_path, capsys):
+    import json
+
+    from aaren_rl.cli import main
+
+    model = discrete_model(seed=3)
+    path = tmp_path / "d.pt"
+    task = {"name": "t", "env_id": TMAZE, "target_returns": [1.0], "max_episode_steps": 7}
+    save_checkpoint(
+        path,
+        model=model,
+        optimizer=None,
+        scheduler=None,
+        step=1,
+        agent_config={"model": model.config.to_dict()},
+        train_config={},
+        task=task,
+        rng_state={},
+    )
+    out = tmp_path / "e.json"
+    argv = ["evaluate", str(path), "--episodes", "6", "--envs", "2", "--seed", "4", "--sample"]
+    assert main([*argv, "--json", str(out), "--no-progress", "--device", "cpu"]) == 0
+    (row,) = json.loads(out.read_text())["results"]
+    direct = evaluate_agent(model, TMAZE, 1.0, 6, n_envs=2, seed=4, sample=True)
+    np.testing.assert_array_equal(row["returns"], direct.returns)
+    box = build_decision_model(SMALL, 3, 4)
+    with pytest.raises(ValueError, match="sample=True .* continuous actions"):
+        evaluate_agent(box, "Pendulum-v1", 1.0, n_episodes=1, sample=True)

@@ -189,3 +189,14 @@ def test_make_memory_dataset_cli(tmp_path, capsys):
     assert "10 episodes, 210 transitions" in capsys.readouterr().out
     assert main(["make-memory-dataset", "tmaze-l20", "--episodes", "10", "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_a_dataset_with_the_wrong_number_of_discrete_actions_is_a_clear_error(tmp_path):
+    from aaren_rl.data.d4rl_writer import write_d4rl
+    from aaren_rl.data.errors import DatasetError
+
+    arrays, _ = collect("aaren_rl.envs:" + register_tmaze(4), 3, seed=0)
+    arrays["actions"] = arrays["actions"][:, :3]
+    path = write_d4rl(tmp_path / "three.hdf5", arrays)
+    with pytest.raises(DatasetError, match=r"'actions'.*size 3.*Discrete\(4\)"):
+        load_d4rl(path, env_spaces=TMazeEnv(4))

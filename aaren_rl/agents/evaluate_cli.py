@@ -68,6 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also step the model T times on random inputs (no env) and print ms/step and "
         "state bytes/env at t = 1, 10, 100, 1000, T (shows constant memory over long episodes)",
     )
+    parser.add_argument(
+        "--sample",
+        action="store_true",
+        help="discrete actions: draw from the model's softmax (seeded) instead of the argmax",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -161,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
                 autoreset_mode=args.autoreset_mode,
                 progress=not args.no_progress,
                 fast_step=not args.reference_step,
+                sample=args.sample,
             )
             row = res.summary()
             scores = normalized(res.returns, task)

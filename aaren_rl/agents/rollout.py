@@ -44,7 +44,8 @@ from .step_checks import NonFiniteInputError, check_step_inputs
 class EpisodeRecord:
     """What one episode fed the model and got back (``record=True``), T = episode length.
 
-    ``observations [T, obs_dim]`` raw, ``actions [T, act_dim]`` executed (after clipping),
+    ``observations [T, obs_dim]`` raw, ``actions [T, act_dim]`` executed (after clipping; one-hot
+    for discrete actions),
     ``rewards [T]``, ``returns_to_go [T]`` as fed (unscaled), ``timesteps [T]`` as fed.
     """
 
@@ -261,6 +262,10 @@ def _evaluate(
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
     if n_envs < 1:
         raise ValueError(f"n_envs must be >= 1, got {n_envs}")
+    if sample and not net.discrete:
+        raise ValueError(
+            "sample=True (--sample) draws discrete actions; this model has continuous actions"
+        )
     n_envs = min(n_envs, n_episodes)
     mode = _autoreset_mode(autoreset_mode)
     if device is not None:
