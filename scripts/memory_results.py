@@ -120,7 +120,8 @@ def one_run(agent: str, length: int, seed: int, task: Any, dataset: Any, args) -
     from aaren_rl.agents.rollout import evaluate_agent, profile_steps
     from aaren_rl.agents.train_cli import run_training
 
-    out_dir = Path(args.work) / "runs" / f"L{length}" / agent / f"seed{seed}"
+    steps = steps_for(length, args)
+    out_dir = Path(args.work) / "runs" / f"L{length}-{steps}steps" / agent / f"seed{seed}"
     record_path = out_dir / "run.json"
     if record_path.is_file():
         return json.loads(record_path.read_text())
@@ -220,10 +221,11 @@ def cue_weight(model: Any, dataset: Any, n_episodes: int = 32) -> list[float] | 
     return [round(float(v), 4) for v in weights.mean(axis=0)]
 
 
-def summarise(records: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
-    table: dict[tuple[str, int], dict[str, Any]] = {}
+def summarise(records: list[dict[str, Any]]) -> dict[tuple[str, int, int], dict[str, Any]]:
+    """Rows keyed by (agent, L, training steps)."""
+    table: dict[tuple[str, int, int], dict[str, Any]] = {}
     for r in records:
-        table.setdefault((r["agent"], r["length"]), {"runs": []})["runs"].append(r)
+        table.setdefault((r["agent"], r["length"], r["steps"]), {"runs": []})["runs"].append(r)
     for row in table.values():
         runs = row["runs"]
         succ = np.array([r["success"] for r in runs])
@@ -251,9 +253,51 @@ def _fmt_bytes(n: int) -> str:
     return f"{n} B" if n < 10_000 else f"{n / 1024:.1f} KiB"
 
 
+def measure_costs(lengths: list[int], agents: list[str], args) -> list[dict[str, Any]]:
+    """Memory and time per step at the last step of an L + 1-step episode, per agent and L.
+
+    Cost does not depend on what the weights learned, so these use freshly built models of
+    the trained size (no training): every agent at every L, side by side in one process.
+    """
+    import torch
+
+    from aaren_rl.agents.decision_model import build_decision_model
+    from aaren_rl.agents.rollout import profile_steps
+    from aaren_rl.agents.train_cli import resolve_agent
+
+    rows = []
+    for length in lengths:
+        for agent in agents:
+            preset, _ = AGENTS[agent]
+            spec = resolve_agent(preset, overrides=overrides_for(agent, length, args))
+            model_cfg = {**spec["model"], "action_space": "discrete"}
+            torch.manual_seed(0)
+            model = build_decision_model(model_cfg, 3, 4)
+            # best of 3 passes per step: the machine is shared, a busy core only adds time
+            profs = [
+                profile_steps(model, n_steps=length + 1, n_envs=1, seed=0, device="cpu")
+                for _ in range(3)
+            ]
+            latency = np.min([p.latency_ms for p in profs], axis=0)
+            nbytes = int(profs[0].state_bytes_per_env[-1])
+            ms = float(np.median(latency[-10:]))
+            rows.append(
+                {
+                    "agent": agent,
+                    "length": length,
+                    "state_bytes_per_env_last": nbytes,
+                    "ms_per_step_last": ms,
+                    "ms_per_step_first": float(np.median(latency[:10])),
+                }
+            )
+            print(f"cost L={length} {agent}: {nbytes} B/env, {ms:.2f} ms/step", flush=True)
+    return rows
+
+
 def finished_records(work: Path) -> list[dict[str, Any]]:
     """Every finished run under ``work/runs`` (all lengths and agents, earlier calls too)."""
-    return [json.loads(p.read_text()) for p in sorted((work / "runs").glob("L*/*/seed*/run.json"))]
+    paths = sorted((work / "runs").glob("L*steps/*/seed*/run.json"))
+    return [json.loads(p.read_text()) for p in paths]
 
 
 def backfill_cue_weights(work: Path) -> None:
@@ -262,7 +306,7 @@ def backfill_cue_weights(work: Path) -> None:
     from aaren_rl.agents.trainer import write_json_atomic
     from aaren_rl.data.d4rl_reader import load_d4rl
 
-    for path in sorted((work / "runs").glob("L*/aaren*/seed*/run.json")):
+    for path in sorted((work / "runs").glob("L*steps/aaren*/seed*/run.json")):
         record = json.loads(path.read_text())
         if record.get("cue_weight_by_layer") is not None:
             continue
@@ -286,6 +330,7 @@ def write_outputs(args: argparse.Namespace, command: str) -> None:
     table = summarise(records)
     agents = [a for a in AGENTS if any(k[0] == a for k in table)]
     lengths = sorted({k[1] for k in table})
+    budgets = sorted({k[2] for k in table})
     stamp = (
         f"{platform.node()} ({platform.processor() or platform.machine()}), torch "
         f"{torch.__version__}, {torch.get_num_threads()} thread(s), "
@@ -317,19 +362,42 @@ def write_outputs(args: argparse.Namespace, command: str) -> None:
     ]
     for agent in agents:
         for length in lengths:
-            row = table.get((agent, length))
-            if row is None:
-                continue
+            for steps in budgets:
+                row = table.get((agent, length, steps))
+                if row is None:
+                    continue
+                cue = row["cue_weight"] if row["cue_weight"] is not None else ""
+                lines.append(
+                    f"| {LABELS[agent]} | {length} | {steps} | {row['seeds']} | "
+                    f"{100 * row['success_mean']:.0f}% ± {100 * row['success_std']:.0f} | "
+                    f"{row['per_seed']} | {_fmt_bytes(row['state_bytes'])} | "
+                    f"{row['ms_last']:.2f} | {cue} |"
+                )
+    costs_path = Path(args.work) / "costs.json"
+    costs = json.loads(costs_path.read_text())["rows"] if costs_path.is_file() else []
+    if costs:
+        lines += [
+            "",
+            "## Cost per env at the last step of an L + 1-step episode",
+            "",
+            "Untrained models of the same size (cost does not depend on the weights), all in one",
+            "process, one env, one thread: state bytes per env after the last step, median ms",
+            "per step over the last 10 steps (and over the first 10), each step the best of 3",
+            "passes (the CPU is shared with other jobs).",
+            "",
+            "| agent | L | memory/env at last step | ms/step at last step | ms/step at t<10 |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for c in sorted(costs, key=lambda c: (list(AGENTS).index(c["agent"]), c["length"])):
             lines.append(
-                f"| {LABELS[agent]} | {length} | {row['steps']} | {row['seeds']} | "
-                f"{100 * row['success_mean']:.0f}% ± {100 * row['success_std']:.0f} | "
-                f"{row['per_seed']} | {_fmt_bytes(row['state_bytes'])} | {row['ms_last']:.2f} | "
-                f"{row['cue_weight'] if row['cue_weight'] is not None else ''} |"
+                f"| {LABELS[c['agent']]} | {c['length']} | "
+                f"{_fmt_bytes(c['state_bytes_per_env_last'])} | {c['ms_per_step_last']:.2f} | "
+                f"{c['ms_per_step_first']:.2f} |"
             )
     (out / "memory-results.md").write_text("\n".join(lines) + "\n")
     write_json_atomic(
         out / "memory-results.json",
-        {"command": command, "stamp": stamp, "records": records},
+        {"commands": commands, "stamp": stamp, "records": records, "costs": costs},
     )
     try:
         import matplotlib
@@ -340,8 +408,13 @@ def write_outputs(args: argparse.Namespace, command: str) -> None:
         return
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for agent in agents:
-        xs = [L for L in lengths if (agent, L) in table]
-        rows = [table[(agent, L)] for L in xs]
+        # per (agent, L), the run with the most training steps
+        best = {}
+        for (a, length, steps), row in table.items():
+            if a == agent and steps >= best.get(length, (0, None))[0]:
+                best[length] = (steps, row)
+        xs = sorted(best)
+        rows = [best[L][1] for L in xs]
         axes[0].errorbar(
             xs,
             [100 * r["success_mean"] for r in rows],
@@ -350,10 +423,22 @@ def write_outputs(args: argparse.Namespace, command: str) -> None:
             capsize=3,
             label=LABELS[agent],
         )
-        axes[1].plot(xs, [r["state_bytes"] / 1024 for r in rows], marker="o", label=LABELS[agent])
-        axes[2].plot(xs, [r["ms_last"] for r in rows], marker="o", label=LABELS[agent])
+        mine = sorted((c for c in costs if c["agent"] == agent), key=lambda c: c["length"])
+        if mine:  # the cost sweep covers more lengths than the trained runs
+            cx = [c["length"] for c in mine]
+            kib = [c["state_bytes_per_env_last"] / 1024 for c in mine]
+            ms = [c["ms_per_step_last"] for c in mine]
+        else:
+            cx, kib, ms = xs, [r["state_bytes"] / 1024 for r in rows], [r["ms_last"] for r in rows]
+        axes[1].plot(cx, kib, marker="o", label=LABELS[agent])
+        axes[2].plot(cx, ms, marker="o", label=LABELS[agent])
     axes[0].axhline(50, color="grey", ls=":", lw=1)
-    axes[0].set(xscale="log", xlabel="corridor length L", ylabel="success %", ylim=(0, 105))
+    axes[0].set(
+        xscale="log",
+        xlabel="corridor length L",
+        ylabel="success % (most-trained runs)",
+        ylim=(0, 105),
+    )
     axes[1].set(xscale="log", yscale="log", xlabel="L", ylabel="state KiB per env, last step")
     axes[2].set(xscale="log", xlabel="L", ylabel="ms per step, last step (1 thread)")
     axes[0].legend(fontsize=8)
@@ -385,6 +470,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--report-only", action="store_true", help="only the tables of finished runs"
     )
+    parser.add_argument(
+        "--costs",
+        type=int,
+        nargs="*",
+        default=None,
+        metavar="L",
+        help="instead of training: measure memory and time per step of --agents at these L",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -397,6 +490,12 @@ def main(argv: list[str] | None = None) -> int:
         argv if argv is not None else sys.argv[1:]
     )
     out = Path(args.out)
+    if args.costs:
+        from aaren_rl.agents.trainer import write_json_atomic
+
+        rows = measure_costs(args.costs, args.agents, args)
+        write_json_atomic(Path(args.work) / "costs.json", {"command": command, "rows": rows})
+        args.report_only = True
     for length in [] if args.report_only else args.lengths:
         data_file = Path(args.work) / "data" / f"tmaze-l{length}-mixed-v0.hdf5"
         task = task_for(length, data_file)
