@@ -200,3 +200,8 @@ def test_a_dataset_with_the_wrong_number_of_discrete_actions_is_a_clear_error(tm
     path = write_d4rl(tmp_path / "three.hdf5", arrays)
     with pytest.raises(DatasetError, match=r"'actions'.*size 3.*Discrete\(4\)"):
         load_d4rl(path, env_spaces=TMazeEnv(4))
+
+
+def test_an_env_without_a_scripted_oracle_is_a_clear_error():
+    with pytest.raises(ValueError, match="CartPole-v1: no scripted oracle"):
+        collect("CartPole-v1", 2)

@@ -66,16 +66,21 @@ class Mix:
 Policy = Callable[[np.ndarray, int], int]
 
 
-def _base_env(env: gym.Env) -> gym.Env:
-    return env.unwrapped
-
-
 def behaviour_policy(
-    env: gym.Env, behaviour: str, first_obs: np.ndarray, info: dict[str, Any], rng, eps: float
+    env: gym.Env,
+    behaviour: str,
+    first_obs: np.ndarray,
+    info: dict[str, Any],
+    rng: np.random.Generator,
+    eps: float,
 ) -> Policy:
-    """``policy(observation, t) -> action`` of one episode (see the module docstring)."""
+    """``policy(observation [obs_dim], t) -> action`` for one episode of ``behaviour``.
+
+    ``first_obs`` and ``info`` are what ``reset`` returned (the oracle reads the cue or the
+    first card there); ``rng`` draws the blind and noisy choices (see the module docstring).
+    """
     n_actions = int(env.action_space.n)
-    if isinstance(_base_env(env), TMazeEnv):
+    if isinstance(env.unwrapped, TMazeEnv):
         cue = int(info["cue"])
         turn = int(rng.integers(2))
 
@@ -85,7 +90,7 @@ def behaviour_policy(
         def blind(obs: np.ndarray, t: int) -> int:
             return UP + turn if obs[2] > 0.5 else FORWARD
 
-    else:  # RepeatFirst
+    elif type(env.unwrapped).__name__ == "RepeatFirst":
         suit = repeat_first_oracle(first_obs)
 
         def oracle(obs: np.ndarray, t: int) -> int:
@@ -94,6 +99,11 @@ def behaviour_policy(
         def blind(obs: np.ndarray, t: int) -> int:
             return int(rng.integers(n_actions))
 
+    else:
+        raise ValueError(
+            f"{env.spec.id if env.spec else env}: no scripted oracle for this environment; "
+            "make-memory-dataset knows the T-maze and POPGym RepeatFirst"
+        )
     if behaviour == "oracle":
         return oracle
     if behaviour == "blind":
