@@ -269,3 +269,13 @@ def test_evaluate_cli_samples_discrete_actions_like_evaluate_agent(tmp_path, cap
     box = build_decision_model(SMALL, 3, 4)
     with pytest.raises(ValueError, match="sample=True .* continuous actions"):
         evaluate_agent(box, "Pendulum-v1", 1.0, n_episodes=1, sample=True)
+
+
+def test_a_discrete_model_steps_with_its_own_act_not_the_fused_box_step():
+    from aaren_rl.agents.fast_step import check_supported
+    from aaren_rl.agents.rollout import rollout_policy
+
+    model = discrete_model()
+    assert rollout_policy(model) is model
+    with pytest.raises(ValueError, match="continuous \\(Box\\) action heads"):
+        check_supported(model)
