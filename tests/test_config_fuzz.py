@@ -154,6 +154,7 @@ def test_any_bytes_as_a_preset_file(tmp_path_factory, text):
     ),
     raw=st.one_of(st.text(max_size=15), values.map(lambda v: yaml.safe_dump(v).strip())),
 )  # fmt: skip
+@example(key="model.dropout", raw="1" + "0" * 400)  # an int past float's range: no OverflowError
 def test_set_overrides(key, raw):
     item = f"{key}={raw}"
     overrides = clean_error(lambda: parse_overrides([item]), None, key)

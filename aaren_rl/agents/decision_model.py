@@ -135,7 +135,7 @@ class DecisionModelConfig:
         if (
             isinstance(self.dropout, bool)
             or not isinstance(self.dropout, (int, float))
-            or not 0.0 <= float(self.dropout) < 1.0
+            or not 0.0 <= self.dropout < 1.0  # no float(): a huge int would overflow
         ):
             raise bad("dropout", "a number in [0, 1)")
         for key in ("norm_first", "action_tanh", "full_attention", "clip_return"):
