@@ -1,0 +1,175 @@
+"""Rollout buffers that keep each step's memory and hand out padded sequences.
+
+SB3's ``RolloutBuffer`` / ``DictRolloutBuffer`` (returns and GAE unchanged) plus the state
+carried into every step (``[n_steps, n_envs, state_dim]``, packed by the policy). The update
+reads the rollout as sequences: each env's ``n_steps`` cut into pieces of ``seq_len`` steps
+(the last one padded), each with the state stored at its first step, the episode starts
+inside it and a mask over the padding. Sequences are not cut at episode starts (the scan
+restarts the memory there itself), so no sample is wasted on padding but the tail of each env.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
+from stable_baselines3.common.type_aliases import TensorDict
+
+
+class AarenSequences(NamedTuple):
+    """One minibatch of ``N`` sequences of ``T`` steps.
+
+    ``observations``: ``[N * T, ...]`` (or a dict of them), sequence-major, padding included;
+    ``actions``, ``old_values``, ``old_log_prob``, ``advantages``, ``returns``: at the valid
+    steps only (``[M, ...]``, ``M = mask.sum()``, in the same order); ``states``: ``[N,
+    state_dim]`` carried into each sequence; ``episode_starts``, ``mask``: ``[N, T]`` bool.
+    """
+
+    observations: torch.Tensor | TensorDict
+    actions: torch.Tensor
+    old_values: torch.Tensor
+    old_log_prob: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    states: torch.Tensor
+    episode_starts: torch.Tensor
+    mask: torch.Tensor
+
+
+def _to_sequences(x: np.ndarray, seq_len: int) -> np.ndarray:
+    """``[n_steps, n_envs, ...]`` -> ``[n_envs * n_chunks, seq_len, ...]`` (time zero-padded)."""
+    x = np.swapaxes(x, 0, 1)  # [n_envs, n_steps, ...]
+    n_envs, n_steps = x.shape[:2]
+    n_chunks = -(-n_steps // seq_len)
+    pad = n_chunks * seq_len - n_steps
+    if pad:
+        x = np.concatenate([x, np.zeros((n_envs, pad, *x.shape[2:]), dtype=x.dtype)], axis=1)
+    return x.reshape(n_envs * n_chunks, seq_len, *x.shape[2:])
+
+
+class _SequenceMixin:
+    """What both buffers add: the state per step and :meth:`sequences`."""
+
+    state_dim: int
+    states: np.ndarray
+
+    def _reset_states(self) -> None:
+        self.states = np.zeros((self.buffer_size, self.n_envs, self.state_dim), dtype=np.float32)
+
+    def _add_state(self, state: np.ndarray) -> None:
+        # add() has advanced self.pos already
+        self.states[self.pos - 1] = np.asarray(state, dtype=np.float32)
+
+    def _observation_sequences(self, seq_len: int) -> np.ndarray | dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def sequences(
+        self, seq_len: int, batch_size: int, shuffle: bool = True
+    ) -> Generator[AarenSequences, None, None]:
+        """Minibatches of about ``batch_size`` steps: ``max(1, batch_size // seq_len)``
+        sequences each, in random order (``shuffle``) or rollout order."""
+        assert self.full, "the rollout buffer is not full"
+        n_steps = self.buffer_size
+        seq_len = min(seq_len, n_steps)
+        mask = _to_sequences(np.ones((n_steps, self.n_envs), dtype=bool), seq_len)
+        starts = _to_sequences(self.episode_starts.astype(bool), seq_len)
+        first = np.arange(0, n_steps, seq_len)
+        states = np.swapaxes(self.states[first], 0, 1).reshape(-1, self.state_dim)
+        obs = self._observation_sequences(seq_len)
+        per_step = {
+            name: _to_sequences(getattr(self, name), seq_len)
+            for name in ("actions", "values", "log_probs", "advantages", "returns")
+        }
+        n_seq = mask.shape[0]
+        per_batch = max(1, batch_size // seq_len)
+        # the global generator, as SB3's buffers use: set_random_seed(seed) makes it repeatable
+        order = np.random.permutation(n_seq) if shuffle else np.arange(n_seq)  # noqa: NPY002
+        for lo in range(0, n_seq, per_batch):
+            idx = order[lo : lo + per_batch]
+            m = mask[idx]
+            if isinstance(obs, dict):
+                batch_obs = {
+                    k: self.to_torch(v[idx].reshape(-1, *v.shape[2:])) for k, v in obs.items()
+                }
+            else:
+                batch_obs = self.to_torch(obs[idx].reshape(-1, *obs.shape[2:]))
+            valid_of = {k: v[idx][m] for k, v in per_step.items()}
+            yield AarenSequences(
+                observations=batch_obs,
+                actions=self.to_torch(valid_of["actions"]),
+                old_values=self.to_torch(valid_of["values"].reshape(-1)),
+                old_log_prob=self.to_torch(valid_of["log_probs"].reshape(-1)),
+                advantages=self.to_torch(valid_of["advantages"].reshape(-1)),
+                returns=self.to_torch(valid_of["returns"].reshape(-1)),
+                states=self.to_torch(states[idx]),
+                episode_starts=torch.as_tensor(starts[idx], device=self.device),
+                mask=torch.as_tensor(m, device=self.device),
+            )
+
+
+class AarenRolloutBuffer(_SequenceMixin, RolloutBuffer):
+    """SB3's ``RolloutBuffer`` plus the memory per step (see the module docstring)."""
+
+    def __init__(
+        self,
+        buffer_size: int,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        state_dim: int,
+        device: torch.device | str = "auto",
+        gae_lambda: float = 1,
+        gamma: float = 0.99,
+        n_envs: int = 1,
+    ) -> None:
+        self.state_dim = state_dim
+        super().__init__(
+            buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs
+        )
+
+    def reset(self) -> None:
+        self._reset_states()
+        super().reset()
+
+    def add(self, *args, state: np.ndarray, **kwargs) -> None:  # type: ignore[override]
+        """``RolloutBuffer.add`` plus ``state [n_envs, state_dim]``, carried into this step."""
+        super().add(*args, **kwargs)
+        self._add_state(state)
+
+    def _observation_sequences(self, seq_len: int) -> np.ndarray:
+        return _to_sequences(self.observations, seq_len)
+
+
+class AarenDictRolloutBuffer(_SequenceMixin, DictRolloutBuffer):
+    """SB3's ``DictRolloutBuffer`` plus the memory per step (see the module docstring)."""
+
+    def __init__(
+        self,
+        buffer_size: int,
+        observation_space: spaces.Dict,
+        action_space: spaces.Space,
+        state_dim: int,
+        device: torch.device | str = "auto",
+        gae_lambda: float = 1,
+        gamma: float = 0.99,
+        n_envs: int = 1,
+    ) -> None:
+        self.state_dim = state_dim
+        super().__init__(
+            buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs
+        )
+
+    def reset(self) -> None:
+        self._reset_states()
+        super().reset()
+
+    def add(self, *args, state: np.ndarray, **kwargs) -> None:  # type: ignore[override]
+        """``DictRolloutBuffer.add`` plus ``state [n_envs, state_dim]``."""
+        super().add(*args, **kwargs)
+        self._add_state(state)
+
+    def _observation_sequences(self, seq_len: int) -> dict[str, np.ndarray]:
+        return {k: _to_sequences(v, seq_len) for k, v in self.observations.items()}

@@ -1,0 +1,401 @@
+"""Actor-critic policies with an Aaren memory, for :class:`~aaren_rl.sb3.ppo.AarenPPO`.
+
+SB3's ``ActorCriticPolicy`` with a memory between the features extractor and the MLP heads::
+
+    obs -> features extractor (SB3's: Flatten, or Combined for Dict) -> Linear -> AarenBackbone
+        -> LayerNorm -> mlp_extractor (net_arch) -> action_net / value_net
+
+Critic options, like RecurrentPPO's: ``critic="separate"`` (the critic has its own Aaren
+memory, the default), ``"shared"`` (the critic reads the actor's memory, detached, so only the
+actor's loss trains it) or ``"none"`` (the critic is a plain MLP on the features).
+
+Two ways to run the memory, one truth (``tests/test_sb3_ppo.py`` holds them together):
+
+- collection: ``forward`` / ``predict_values`` / ``predict`` take one observation per env and
+  the memory's ``step``; an env whose ``episode_start`` is set is reset first by a select
+  (``backbone.reset_state``: the empty memory is m=-inf, which a multiply would turn to NaN);
+- update: ``evaluate_actions`` takes padded sequences ``[n_seq, seq_len]`` and runs the
+  backbone's parallel scan ``forward(x, state, resets, mask)`` once: the stored state carried
+  in, resets at episode starts inside a sequence, padding masked. No Python loop over time.
+
+States: :class:`AarenPPOState` ``(pi, vf)``, each a backbone state (one ``(m, u, w)`` per
+layer, batch first; ``vf`` is ``()`` without a separate critic). ``pack_state`` flattens one to
+``[batch, state_dim]`` for the rollout buffer and ``unpack_state`` reverses it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.distributions import Distribution
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.torch_layers import (
+    BaseFeaturesExtractor,
+    CombinedExtractor,
+    FlattenExtractor,
+    MlpExtractor,
+)
+from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
+from torch import Tensor, nn
+
+from aaren_rl.nn.aaren import AarenBackbone, AarenBackboneState
+from aaren_rl.nn.aaren_attention import AarenState
+
+CRITICS = ("separate", "shared", "none")
+
+
+class AarenPPOState(NamedTuple):
+    """The live memory of every env: ``pi`` (actor) and ``vf`` (critic, ``()`` if none)."""
+
+    pi: AarenBackboneState
+    vf: AarenBackboneState
+
+
+class AarenMemory(nn.Module):
+    """``features [.., F]`` -> Linear -> :class:`AarenBackbone` -> LayerNorm -> ``[.., d_model]``."""
+
+    def __init__(self, features_dim: int, d_model: int, n_layers: int, n_heads: int, d_ff: int | None,
+                 chunk_size: int) -> None:  # fmt: skip
+        super().__init__()
+        self.embed = nn.Linear(features_dim, d_model)
+        self.backbone = AarenBackbone(d_model, n_layers, n_heads, d_ff, chunk_size=chunk_size)
+        self.norm = nn.LayerNorm(d_model)
+
+    def step(
+        self, features: Tensor, state: AarenBackboneState, episode_starts: Tensor
+    ) -> tuple[Tensor, AarenBackboneState]:
+        """``features [B, F]``, ``episode_starts [B]`` bool -> ``(latent [B, d_model], state)``."""
+        if bool(episode_starts.any()):
+            state = self.backbone.reset_state(state, episode_starts)
+        y, state = self.backbone.step(self.embed(features), state)
+        return self.norm(y), state
+
+    def sequence(
+        self, features: Tensor, state: AarenBackboneState, resets: Tensor, mask: Tensor
+    ) -> Tensor:
+        """``features [N, T, F]``, ``state`` carried into each row, ``resets``/``mask [N, T]``
+        -> ``latent [N, T, d_model]`` (one parallel scan)."""
+        y, _ = self.backbone(self.embed(features), state, resets=resets, mask=mask)
+        return self.norm(y)
+
+
+def pack_state(state: AarenBackboneState) -> Tensor:
+    """A backbone state -> ``[batch, state_dim]`` (every layer's ``m``, ``u``, ``w``)."""
+    if not state:
+        return torch.zeros(0, 0)
+    return torch.cat([torch.cat([s.m, s.u, s.w.flatten(1)], dim=1) for s in state], dim=1)
+
+
+def unpack_state(flat: Tensor, n_layers: int, n_heads: int, head_dim: int) -> AarenBackboneState:
+    """``[batch, state_dim]`` -> the backbone state :func:`pack_state` flattened."""
+    per_layer = n_heads * (head_dim + 2)
+    out = []
+    for i in range(n_layers):
+        chunk = flat[:, i * per_layer : (i + 1) * per_layer]
+        m, u, w = chunk.split([n_heads, n_heads, n_heads * head_dim], dim=1)
+        out.append(AarenState(m, u, w.unflatten(1, (n_heads, head_dim))))
+    return tuple(out)
+
+
+class AarenActorCriticPolicy(ActorCriticPolicy):
+    """SB3's actor-critic policy with an Aaren memory (see the module docstring).
+
+    Beyond ``ActorCriticPolicy``'s arguments: ``d_model``, ``n_layers``, ``n_heads``, ``d_ff``
+    (default ``4 * d_model``) and ``chunk_size`` size the memory; ``critic`` is one of
+    ``"separate"``, ``"shared"``, ``"none"``.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        lr_schedule: Schedule,
+        net_arch: list[int] | dict[str, list[int]] | None = None,
+        activation_fn: type[nn.Module] = nn.Tanh,
+        ortho_init: bool = True,
+        use_sde: bool = False,
+        log_std_init: float = 0.0,
+        full_std: bool = True,
+        use_expln: bool = False,
+        squash_output: bool = False,
+        features_extractor_class: type[BaseFeaturesExtractor] = FlattenExtractor,
+        features_extractor_kwargs: dict[str, Any] | None = None,
+        share_features_extractor: bool = True,
+        normalize_images: bool = True,
+        optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
+        optimizer_kwargs: dict[str, Any] | None = None,
+        d_model: int = 64,
+        n_layers: int = 1,
+        n_heads: int = 2,
+        d_ff: int | None = None,
+        chunk_size: int = 32,
+        critic: str = "separate",
+    ) -> None:
+        if critic not in CRITICS:
+            raise ValueError(f"critic must be one of {CRITICS}, got {critic!r}")
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} must be a multiple of n_heads={n_heads}")
+        self.d_model, self.n_layers, self.n_heads = d_model, n_layers, n_heads
+        self.head_dim = d_model // n_heads
+        self.d_ff, self.chunk_size, self.critic = d_ff, chunk_size, critic
+        super().__init__(
+            observation_space,
+            action_space,
+            lr_schedule,
+            net_arch,
+            activation_fn,
+            ortho_init,
+            use_sde,
+            log_std_init,
+            full_std,
+            use_expln,
+            squash_output,
+            features_extractor_class,
+            features_extractor_kwargs,
+            share_features_extractor,
+            normalize_images,
+            optimizer_class,
+            optimizer_kwargs,
+        )
+
+    # ------------------------------------------------------------------ building
+    def _new_memory(self) -> AarenMemory:
+        return AarenMemory(self.features_dim, self.d_model, self.n_layers, self.n_heads, self.d_ff,
+                           self.chunk_size)  # fmt: skip
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        # The memories exist before SB3 builds the heads and the optimiser over all parameters.
+        self.actor_memory = self._new_memory()
+        self.critic_memory = self._new_memory() if self.critic == "separate" else None
+        self.critic_input = (
+            nn.Sequential(nn.Linear(self.features_dim, self.d_model), nn.LayerNorm(self.d_model))
+            if self.critic == "none"
+            else None
+        )
+        super()._build(lr_schedule)
+
+    def _build_mlp_extractor(self) -> None:
+        self.mlp_extractor = MlpExtractor(
+            self.d_model, self.net_arch, self.activation_fn, device=self.device
+        )
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(
+            share_features_extractor=self.share_features_extractor,
+            d_model=self.d_model,
+            n_layers=self.n_layers,
+            n_heads=self.n_heads,
+            d_ff=self.d_ff,
+            chunk_size=self.chunk_size,
+            critic=self.critic,
+        )
+        return data
+
+    # ------------------------------------------------------------------ states
+    def initial_state(self, n_envs: int) -> AarenPPOState:
+        """The empty memory of ``n_envs`` envs."""
+        pi = self.actor_memory.backbone.initial_state(n_envs)
+        vf = self.critic_memory.backbone.initial_state(n_envs) if self.critic_memory else ()
+        return AarenPPOState(pi, vf)
+
+    @property
+    def state_dim(self) -> int:
+        """Numbers per env in the packed state (actor then critic)."""
+        per_memory = self.n_layers * self.n_heads * (self.head_dim + 2)
+        return per_memory * (2 if self.critic_memory is not None else 1)
+
+    def pack(self, state: AarenPPOState) -> Tensor:
+        """``state`` -> ``[n_envs, state_dim]``."""
+        parts = [pack_state(state.pi)] + ([pack_state(state.vf)] if state.vf else [])
+        return torch.cat(parts, dim=1)
+
+    def unpack(self, flat: Tensor) -> AarenPPOState:
+        """``[n, state_dim]`` -> the state :meth:`pack` flattened."""
+        half = self.n_layers * self.n_heads * (self.head_dim + 2)
+        pi = unpack_state(flat[:, :half], self.n_layers, self.n_heads, self.head_dim)
+        vf: AarenBackboneState = ()
+        if self.critic_memory is not None:
+            vf = unpack_state(flat[:, half:], self.n_layers, self.n_heads, self.head_dim)
+        return AarenPPOState(pi, vf)
+
+    @staticmethod
+    def select_rows(state: AarenPPOState, rows: slice | Tensor) -> AarenPPOState:
+        """The state of some envs only (``rows`` indexes the batch dimension)."""
+
+        def take(s: AarenBackboneState) -> AarenBackboneState:
+            return tuple(AarenState(x.m[rows], x.u[rows], x.w[rows]) for x in s)
+
+        return AarenPPOState(take(state.pi), take(state.vf))
+
+    # ------------------------------------------------------------------ one step per env
+    def _features(self, obs: PyTorchObs) -> tuple[Tensor, Tensor]:
+        features = self.extract_features(obs)
+        if self.share_features_extractor:
+            return features, features
+        return features
+
+    def _latents_step(
+        self, obs: PyTorchObs, state: AarenPPOState, episode_starts: Tensor
+    ) -> tuple[Tensor, Tensor, AarenPPOState]:
+        pi_features, vf_features = self._features(obs)
+        starts = episode_starts.to(torch.bool).reshape(-1)
+        latent_pi, pi_state = self.actor_memory.step(pi_features, state.pi, starts)
+        vf_state: AarenBackboneState = ()
+        if self.critic_memory is not None:
+            latent_vf, vf_state = self.critic_memory.step(vf_features, state.vf, starts)
+        elif self.critic == "shared":
+            latent_vf = latent_pi.detach()
+        else:
+            latent_vf = self.critic_input(vf_features)
+        return latent_pi, latent_vf, AarenPPOState(pi_state, vf_state)
+
+    def forward(  # type: ignore[override]
+        self,
+        obs: PyTorchObs,
+        state: AarenPPOState,
+        episode_starts: Tensor,
+        deterministic: bool = False,
+    ) -> tuple[Tensor, Tensor, Tensor, AarenPPOState]:
+        """One step of every env: ``obs [n_envs, ...]``, ``episode_starts [n_envs]`` ->
+        ``(actions, values [n_envs, 1], log_prob [n_envs], new state)``."""
+        latent_pi, latent_vf, state = self._latents_step(obs, state, episode_starts)
+        distribution = self._get_action_dist_from_latent(
+            self.mlp_extractor.forward_actor(latent_pi)
+        )
+        actions = distribution.get_actions(deterministic=deterministic)
+        values = self.value_net(self.mlp_extractor.forward_critic(latent_vf))
+        log_prob = distribution.log_prob(actions)
+        actions = actions.reshape((-1, *self.action_space.shape))
+        return actions, values, log_prob, state
+
+    def predict_values(  # type: ignore[override]
+        self, obs: PyTorchObs, state: AarenPPOState, episode_starts: Tensor
+    ) -> Tensor:
+        """``values [n_envs, 1]`` of one step (the memory is stepped, the new state dropped)."""
+        _, latent_vf, _ = self._latents_step(obs, state, episode_starts)
+        return self.value_net(self.mlp_extractor.forward_critic(latent_vf))
+
+    def get_distribution(  # type: ignore[override]
+        self, obs: PyTorchObs, state: AarenPPOState, episode_starts: Tensor
+    ) -> tuple[Distribution, AarenPPOState]:
+        """The action distribution of one step and the new state."""
+        latent_pi, _, state = self._latents_step(obs, state, episode_starts)
+        latent = self.mlp_extractor.forward_actor(latent_pi)
+        return self._get_action_dist_from_latent(latent), state
+
+    # ------------------------------------------------------------------ whole sequences
+    def evaluate_actions(  # type: ignore[override]
+        self,
+        obs: PyTorchObs,
+        actions: Tensor,
+        state: AarenPPOState,
+        episode_starts: Tensor,
+        mask: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Values, log-probabilities and entropies of padded sequences, in one scan.
+
+        Args:
+            obs: ``[N * T, ...]`` observations (or a dict of them), sequence-major.
+            actions: ``[M, ...]`` the actions taken at the valid steps (``M = mask.sum()``).
+            state: the state carried into each of the ``N`` sequences.
+            episode_starts: ``[N, T]`` bool, a new episode at that step (the memory restarts).
+            mask: ``[N, T]`` bool, False on padding.
+
+        Returns:
+            ``(values [M], log_prob [M], entropy [M] or None)`` at the valid steps, in order.
+        """
+        n, t = mask.shape
+        pi_features, vf_features = self._features(obs)
+        resets, valid = episode_starts.to(torch.bool), mask.to(torch.bool)
+        flat_valid = valid.reshape(-1)
+        latent_pi = self.actor_memory.sequence(
+            pi_features.reshape(n, t, -1), state.pi, resets, valid
+        )
+        latent_pi = latent_pi.reshape(n * t, -1)[flat_valid]
+        if self.critic_memory is not None:
+            latent_vf = self.critic_memory.sequence(
+                vf_features.reshape(n, t, -1), state.vf, resets, valid
+            ).reshape(n * t, -1)[flat_valid]
+        elif self.critic == "shared":
+            latent_vf = latent_pi.detach()
+        else:
+            latent_vf = self.critic_input(vf_features[flat_valid])
+        distribution = self._get_action_dist_from_latent(
+            self.mlp_extractor.forward_actor(latent_pi)
+        )
+        values = self.value_net(self.mlp_extractor.forward_critic(latent_vf)).flatten()
+        return values, distribution.log_prob(actions), distribution.entropy()
+
+    # ------------------------------------------------------------------ SB3 predict
+    def predict(  # type: ignore[override]
+        self,
+        observation: np.ndarray | dict[str, np.ndarray],
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """SB3's recurrent ``predict``: ``state`` is the actor memory as a tuple of numpy
+        arrays (``m [n_envs, heads]``, ``u [n_envs, heads]``, ``w [n_envs, heads, head_dim]``
+        per layer); ``state=None`` starts every env afresh; ``episode_start [n_envs]`` restarts
+        those envs before their observation is used."""
+        self.set_training_mode(False)
+        obs_tensor, vectorized = self.obs_to_tensor(observation)
+        n = _batch_size(obs_tensor)
+        if state is None:
+            memory = self.actor_memory.backbone.initial_state(n)
+            episode_start = np.ones(n, dtype=bool)
+        else:
+            expected = 3 * self.n_layers
+            if not isinstance(state, tuple) or len(state) != expected:
+                raise ValueError(
+                    f"state must be the tuple of {expected} arrays that predict returned "
+                    "(or None for a fresh start)"
+                )
+            if np.shape(state[0])[0] != n:
+                raise ValueError(
+                    f"state holds {np.shape(state[0])[0]} envs but the observation holds {n}; "
+                    "pass state=None to start afresh"
+                )
+            arrays = [torch.as_tensor(np.asarray(a), device=self.device) for a in state]
+            memory = tuple(AarenState(*arrays[3 * i : 3 * i + 3]) for i in range(self.n_layers))
+        starts = np.zeros(n, bool) if episode_start is None else np.asarray(episode_start, bool)
+        with torch.no_grad():
+            features = self._features(obs_tensor)[0]
+            starts_t = torch.as_tensor(starts.reshape(-1), device=self.device)
+            latent, memory = self.actor_memory.step(features, memory, starts_t)
+            distribution = self._get_action_dist_from_latent(
+                self.mlp_extractor.forward_actor(latent)
+            )
+            actions = distribution.get_actions(deterministic=deterministic).cpu().numpy()
+        actions = actions.reshape((-1, *self.action_space.shape))
+        if isinstance(self.action_space, spaces.Box):
+            if self.squash_output:
+                actions = self.unscale_action(actions)
+            else:
+                actions = np.clip(actions, self.action_space.low, self.action_space.high)
+        if not vectorized:
+            actions = actions.squeeze(axis=0)
+        new_state = tuple(x.cpu().numpy() for s in memory for x in s)
+        return actions, new_state
+
+
+def _batch_size(obs: PyTorchObs) -> int:
+    if isinstance(obs, dict):
+        return next(iter(obs.values())).shape[0]
+    return obs.shape[0]
+
+
+class MlpAarenPolicy(AarenActorCriticPolicy):
+    """Box/Discrete observations, flattened (SB3's ``FlattenExtractor``)."""
+
+
+class MultiInputAarenPolicy(AarenActorCriticPolicy):
+    """Dict observations through SB3's ``CombinedExtractor``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("features_extractor_class", CombinedExtractor)
+        super().__init__(*args, **kwargs)

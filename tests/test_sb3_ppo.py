@@ -1,0 +1,240 @@
+"""AarenPPO: the scan update against step-by-step collection, SB3's contract, callbacks."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from sb3_helpers import VARLEN_ID
+from stable_baselines3.common.callbacks import (
+    BaseCallback,
+    CheckpointCallback,
+    EvalCallback,
+    StopTrainingOnRewardThreshold,
+)
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import DummyVecEnv
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from aaren_rl.sb3 import AarenPPO
+from aaren_rl.sb3.policies import MultiInputAarenPolicy
+
+SMALL = dict(d_model=16, n_heads=2, net_arch=dict(pi=[16], vf=[16]))
+
+
+class DictObs(gym.ObservationWrapper):
+    """VarLen's observation split into a Dict of two Boxes (SB3's CombinedExtractor reads it)."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.observation_space = spaces.Dict(
+            {
+                "head": spaces.Box(-np.inf, np.inf, (1,), np.float32),
+                "tail": spaces.Box(-np.inf, np.inf, (2,), np.float32),
+            }
+        )
+
+    def observation(self, obs):
+        return {"head": obs[:1], "tail": obs[1:]}
+
+
+def _varlen(n_envs: int, seed: int, dict_obs: bool = False, **make_kwargs) -> DummyVecEnv:
+    wrapper = DictObs if dict_obs else None
+    return make_vec_env(
+        VARLEN_ID, n_envs=n_envs, seed=seed, wrapper_class=wrapper, env_kwargs=None, **make_kwargs
+    )
+
+
+def _model(env, critic: str = "separate", **kwargs) -> AarenPPO:
+    policy = "MultiInputAarenPolicy" if isinstance(env.observation_space, spaces.Dict) else None
+    defaults = dict(n_steps=40, batch_size=64, sequence_length=16, n_epochs=1, seed=0)
+    defaults.update(kwargs)
+    return AarenPPO(
+        policy or "MlpAarenPolicy",
+        env,
+        policy_kwargs=dict(SMALL, critic=critic),
+        device="cpu",
+        **defaults,
+    )
+
+
+def _collect(model: AarenPPO) -> None:
+    _, callback = model._setup_learn(10_000, None)
+    assert model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
+
+
+@pytest.mark.parametrize(
+    "env_kind,critic",
+    [
+        ("box", "separate"),
+        ("box", "shared"),
+        ("box", "none"),
+        ("discrete", "separate"),
+        ("dict", "separate"),
+    ],
+)
+def test_scan_update_reproduces_collection_log_probs_and_values(env_kind, critic):
+    if env_kind == "discrete":
+        env = make_vec_env("CartPole-v1", n_envs=3, seed=0)
+    else:
+        env = _varlen(3, seed=0, dict_obs=env_kind == "dict")
+    model = _model(env, critic)
+    _collect(model)
+    buffer = model.rollout_buffer
+    starts = buffer.episode_starts[1:].sum()
+    assert starts >= 3  # episodes start inside sequences, not only at their first step
+    seen = 0
+    for batch in buffer.sequences(16, 64, shuffle=False):  # 40 steps: 16 + 16 + 8 (padded)
+        assert not batch.mask.all() or batch.mask.shape[1] == 16
+        actions = batch.actions
+        if env_kind == "discrete":
+            actions = actions.long().flatten()
+        with torch.no_grad():
+            values, log_prob, _ = model.policy.evaluate_actions(
+                batch.observations,
+                actions,
+                model.policy.unpack(batch.states),
+                batch.episode_starts,
+                batch.mask,
+            )
+        torch.testing.assert_close(values, batch.old_values, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(log_prob, batch.old_log_prob, atol=1e-5, rtol=1e-5)
+        seen += len(values)
+    assert seen == 40 * 3
+
+
+def _actions_of(model: AarenPPO, venv, n_steps: int) -> np.ndarray:
+    obs, state, starts = venv.reset(), None, np.ones(venv.num_envs, dtype=bool)
+    out = []
+    for _ in range(n_steps):
+        action, state = model.predict(obs, state=state, episode_start=starts, deterministic=True)
+        out.append(action)
+        obs, _, starts, _ = venv.step(action)
+    return np.stack(out)
+
+
+def test_each_env_gets_the_actions_it_gets_alone():
+    model = _model(_varlen(4, seed=0))
+    model.learn(160)  # trained a little, so the memory matters
+    together = _actions_of(model, _varlen(4, seed=20), 60)
+    for i in range(4):
+        alone = _actions_of(model, _varlen(1, seed=20 + i), 60)
+        np.testing.assert_allclose(together[:, i], alone[:, 0], atol=1e-5, rtol=0)
+
+
+def test_save_load_gives_identical_actions(tmp_path):
+    model = _model(_varlen(2, seed=0), critic="shared")
+    model.learn(80)
+    model.save(tmp_path / "aaren_ppo.zip")
+    loaded = AarenPPO.load(tmp_path / "aaren_ppo.zip", env=_varlen(3, seed=0), device="cpu")
+    assert loaded.policy.critic == "shared"
+    assert loaded._last_aaren_state is not None and loaded.rollout_buffer.n_envs == 3
+    np.testing.assert_array_equal(
+        _actions_of(model, _varlen(2, seed=5), 50), _actions_of(loaded, _varlen(2, seed=5), 50)
+    )
+    for name, p in model.policy.state_dict().items():
+        torch.testing.assert_close(loaded.policy.state_dict()[name], p, rtol=0, atol=0)
+
+
+class _Record(BaseCallback):
+    """Keeps each step's raw rewards, dones and terminal observations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps: list[tuple[np.ndarray, np.ndarray, list]] = []
+
+    def _on_step(self) -> bool:
+        infos = [dict(i) for i in self.locals["infos"]]
+        self.steps.append((self.locals["rewards"].copy(), self.locals["dones"].copy(), infos))
+        return True
+
+
+def test_truncated_episode_is_bootstrapped_with_its_envs_state():
+    env = make_vec_env(
+        lambda: gym.wrappers.TimeLimit(gym.make(VARLEN_ID).unwrapped, max_episode_steps=3),
+        n_envs=2,
+        seed=0,
+    )
+    model = _model(env, gamma=0.9, n_steps=12)
+    record = _Record()
+    _, callback = model._setup_learn(10_000, record)
+    assert model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
+    buffer = model.rollout_buffer
+    checked = 0
+    for t, (raw, dones, infos) in enumerate(record.steps):
+        for i in np.flatnonzero(dones):
+            if not infos[i].get("TimeLimit.truncated") or "terminal_observation" not in infos[i]:
+                continue
+            first = max(s for s in range(t + 1) if buffer.episode_starts[s, i])
+            seq = np.concatenate(
+                [buffer.observations[first : t + 1, i], infos[i]["terminal_observation"][None]]
+            )
+            n = len(seq)
+            with torch.no_grad():
+                obs = torch.as_tensor(seq, dtype=torch.float32)
+                policy = model.policy
+                state = policy.initial_state(1)
+                resets = torch.zeros(1, n, dtype=torch.bool)
+                resets[0, 0] = True
+                mask = torch.ones(1, n, dtype=torch.bool)
+                latent = policy.critic_memory.sequence(
+                    policy.extract_features(obs).reshape(1, n, -1), state.vf, resets, mask
+                )[0, -1]
+                value = policy.value_net(policy.mlp_extractor.forward_critic(latent[None]))
+            assert buffer.rewards[t, i] == pytest.approx(raw[i] + 0.9 * value.item(), abs=1e-5)
+            checked += 1
+    assert checked >= 4
+
+
+def test_learn_with_callbacks_writes_tensorboard_events(tmp_path):
+    eval_env = _varlen(1, seed=100)
+    stop = StopTrainingOnRewardThreshold(reward_threshold=1e9)
+    callbacks = [
+        EvalCallback(
+            eval_env,
+            callback_on_new_best=stop,
+            eval_freq=40,
+            n_eval_episodes=2,
+            best_model_save_path=str(tmp_path / "best"),
+            verbose=0,
+        ),  # fmt: skip
+        CheckpointCallback(save_freq=40, save_path=str(tmp_path / "ckpt"), name_prefix="aaren"),
+    ]
+    model = _model(_varlen(2, seed=0), tensorboard_log=str(tmp_path / "tb"), n_epochs=2)
+    model.learn(240, callback=callbacks)
+    assert model.num_timesteps >= 240
+    assert (tmp_path / "best" / "best_model.zip").is_file()
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    runs = list((tmp_path / "tb").iterdir())
+    assert [r.name for r in runs] == ["AarenPPO_1"]
+    acc = EventAccumulator(str(runs[0]))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    for key in ("train/value_loss", "train/policy_gradient_loss", "train/entropy_loss",
+                "train/approx_kl", "train/clip_fraction", "train/loss", "eval/mean_reward"):  # fmt: skip
+        assert key in tags
+
+
+def test_stop_on_reward_threshold_ends_learning(tmp_path):
+    stop = StopTrainingOnRewardThreshold(reward_threshold=-1e9)
+    eval_cb = EvalCallback(_varlen(1, seed=100), callback_on_new_best=stop, eval_freq=40,
+                           n_eval_episodes=1, verbose=0)  # fmt: skip
+    model = _model(_varlen(2, seed=0))
+    model.learn(10_000, callback=eval_cb)
+    assert model.num_timesteps < 10_000
+
+
+def test_set_env_with_another_env_count_and_bad_spaces():
+    model = _model(_varlen(2, seed=0))
+    model.learn(80)
+    model.set_env(_varlen(5, seed=1))
+    assert model.n_envs == 5 and model.rollout_buffer.n_envs == 5
+    assert model._last_aaren_state.pi[0].m.shape[0] == 5
+    model.learn(200, reset_num_timesteps=False)
+    with pytest.raises(ValueError, match="Observation spaces do not match"):
+        model.set_env(make_vec_env("CartPole-v1", n_envs=1))
+    assert issubclass(AarenPPO.policy_aliases["MultiInputAarenPolicy"], MultiInputAarenPolicy)
+    with pytest.raises(ValueError, match="critic must be one of"):
+        _model(_varlen(1, seed=0), critic="lstm")
