@@ -21,7 +21,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from aaren_rl.sb3 import AarenPPO
 from aaren_rl.sb3.policies import MultiInputAarenPolicy
 
-SMALL = dict(d_model=16, n_heads=2, net_arch=dict(pi=[16], vf=[16]))
+SMALL = dict(d_model=16, n_heads=2, net_arch=dict(pi=[16], vf=[16]), timestep_embedding=8)
 
 
 class DictObs(gym.ObservationWrapper):
@@ -179,8 +179,9 @@ def test_truncated_episode_is_bootstrapped_with_its_envs_state():
                 resets = torch.zeros(1, n, dtype=torch.bool)
                 resets[0, 0] = True
                 mask = torch.ones(1, n, dtype=torch.bool)
+                steps = torch.arange(n)[None]
                 latent = policy.critic_memory.sequence(
-                    policy.extract_features(obs).reshape(1, n, -1), state.vf, resets, mask
+                    policy.extract_features(obs).reshape(1, n, -1), state.vf, resets, mask, steps
                 )[0, -1]
                 value = policy.value_net(policy.mlp_extractor.forward_critic(latent[None]))
             assert buffer.rewards[t, i] == pytest.approx(raw[i] + 0.9 * value.item(), abs=1e-5)

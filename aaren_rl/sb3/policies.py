@@ -18,9 +18,16 @@ Two ways to run the memory, one truth (``tests/test_sb3_ppo.py`` holds them toge
   backbone's parallel scan ``forward(x, state, resets, mask)`` once: the stored state carried
   in, resets at episode starts inside a sequence, padding masked. No Python loop over time.
 
-States: :class:`AarenPPOState` ``(pi, vf)``, each a backbone state (one ``(m, u, w)`` per
-layer, batch first; ``vf`` is ``()`` without a separate critic). ``pack_state`` flattens one to
-``[batch, state_dim]`` for the rollout buffer and ``unpack_state`` reverses it.
+States: :class:`AarenPPOState` ``(pi, vf, t)``: two backbone states (one ``(m, u, w)`` per
+layer, batch first; ``vf`` is ``()`` without a separate critic) and each env's step count in
+its episode. ``pack_state`` flattens a backbone state to ``[batch, state_dim]`` for the rollout
+buffer and ``unpack_state`` reverses it.
+
+``timestep_embedding=N`` (0: off) adds a learned embedding of the step in the episode (clamped
+at ``N - 1``) to every token, as Decision Aaren does: Aaren's query is a learned constant, so
+without it a memory cannot tell the episode's first observation from a later one. In the scan
+the step of each token comes from the carried count and the resets without a loop (the index
+minus the index of the last reset, a ``cummax``).
 """
 
 from __future__ import annotations
@@ -48,37 +55,57 @@ CRITICS = ("separate", "shared", "none")
 
 
 class AarenPPOState(NamedTuple):
-    """The live memory of every env: ``pi`` (actor) and ``vf`` (critic, ``()`` if none)."""
+    """The live memory of every env: ``pi`` (actor), ``vf`` (critic, ``()`` if none) and
+    ``t [n_envs]`` (long), the steps each env has taken in its episode."""
 
     pi: AarenBackboneState
     vf: AarenBackboneState
+    t: Tensor
+
+
+def step_index(t0: Tensor, resets: Tensor) -> Tensor:
+    """The step in the episode of every token of a sequence: ``t0 [N]`` steps taken before
+    it, ``resets [N, T]`` bool -> ``[N, T]`` long (0 at a reset, counting up from there)."""
+    idx = torch.arange(resets.shape[1], device=resets.device).expand_as(resets)
+    last = torch.where(resets, idx, torch.full_like(idx, -1)).cummax(dim=1).values
+    return torch.where(last >= 0, idx - last, t0.long()[:, None] + idx)
 
 
 class AarenMemory(nn.Module):
     """``features [.., F]`` -> Linear -> :class:`AarenBackbone` -> LayerNorm -> ``[.., d_model]``."""
 
     def __init__(self, features_dim: int, d_model: int, n_layers: int, n_heads: int, d_ff: int | None,
-                 chunk_size: int) -> None:  # fmt: skip
+                 chunk_size: int, timestep_embedding: int = 0) -> None:  # fmt: skip
         super().__init__()
         self.embed = nn.Linear(features_dim, d_model)
+        self.max_t = timestep_embedding
+        self.time = nn.Embedding(timestep_embedding, d_model) if timestep_embedding else None
         self.backbone = AarenBackbone(d_model, n_layers, n_heads, d_ff, chunk_size=chunk_size)
         self.norm = nn.LayerNorm(d_model)
 
+    def tokens(self, features: Tensor, t: Tensor) -> Tensor:
+        """``features [..., F]``, step in the episode ``t [...]`` -> tokens ``[..., d_model]``."""
+        x = self.embed(features)
+        if self.time is not None:
+            x = x + self.time(t.clamp(0, self.max_t - 1))
+        return x
+
     def step(
-        self, features: Tensor, state: AarenBackboneState, episode_starts: Tensor
+        self, features: Tensor, state: AarenBackboneState, episode_starts: Tensor, t: Tensor
     ) -> tuple[Tensor, AarenBackboneState]:
-        """``features [B, F]``, ``episode_starts [B]`` bool -> ``(latent [B, d_model], state)``."""
+        """``features [B, F]``, ``episode_starts [B]`` bool, ``t [B]`` the step in the episode
+        (after the reset) -> ``(latent [B, d_model], state)``."""
         if bool(episode_starts.any()):
             state = self.backbone.reset_state(state, episode_starts)
-        y, state = self.backbone.step(self.embed(features), state)
+        y, state = self.backbone.step(self.tokens(features, t), state)
         return self.norm(y), state
 
     def sequence(
-        self, features: Tensor, state: AarenBackboneState, resets: Tensor, mask: Tensor
+        self, features: Tensor, state: AarenBackboneState, resets: Tensor, mask: Tensor, t: Tensor
     ) -> Tensor:
-        """``features [N, T, F]``, ``state`` carried into each row, ``resets``/``mask [N, T]``
-        -> ``latent [N, T, d_model]`` (one parallel scan)."""
-        y, _ = self.backbone(self.embed(features), state, resets=resets, mask=mask)
+        """``features [N, T, F]``, ``state`` carried into each row, ``resets``/``mask``/``t``
+        ``[N, T]`` -> ``latent [N, T, d_model]`` (one parallel scan)."""
+        y, _ = self.backbone(self.tokens(features, t), state, resets=resets, mask=mask)
         return self.norm(y)
 
 
@@ -133,6 +160,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         d_ff: int | None = None,
         chunk_size: int = 32,
         critic: str = "separate",
+        timestep_embedding: int = 0,
     ) -> None:
         if critic not in CRITICS:
             raise ValueError(f"critic must be one of {CRITICS}, got {critic!r}")
@@ -141,6 +169,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         self.d_model, self.n_layers, self.n_heads = d_model, n_layers, n_heads
         self.head_dim = d_model // n_heads
         self.d_ff, self.chunk_size, self.critic = d_ff, chunk_size, critic
+        self.timestep_embedding = int(timestep_embedding)
         super().__init__(
             observation_space,
             action_space,
@@ -164,7 +193,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
     # ------------------------------------------------------------------ building
     def _new_memory(self) -> AarenMemory:
         return AarenMemory(self.features_dim, self.d_model, self.n_layers, self.n_heads, self.d_ff,
-                           self.chunk_size)  # fmt: skip
+                           self.chunk_size, self.timestep_embedding)  # fmt: skip
 
     def _build(self, lr_schedule: Schedule) -> None:
         # The memories exist before SB3 builds the heads and the optimiser over all parameters.
@@ -192,6 +221,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             d_ff=self.d_ff,
             chunk_size=self.chunk_size,
             critic=self.critic,
+            timestep_embedding=self.timestep_embedding,
         )
         return data
 
@@ -200,18 +230,18 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         """The empty memory of ``n_envs`` envs."""
         pi = self.actor_memory.backbone.initial_state(n_envs)
         vf = self.critic_memory.backbone.initial_state(n_envs) if self.critic_memory else ()
-        return AarenPPOState(pi, vf)
+        return AarenPPOState(pi, vf, torch.zeros(n_envs, dtype=torch.long, device=self.device))
 
     @property
     def state_dim(self) -> int:
-        """Numbers per env in the packed state (actor then critic)."""
+        """Numbers per env in the packed state (actor, critic, step count)."""
         per_memory = self.n_layers * self.n_heads * (self.head_dim + 2)
-        return per_memory * (2 if self.critic_memory is not None else 1)
+        return per_memory * (2 if self.critic_memory is not None else 1) + 1
 
     def pack(self, state: AarenPPOState) -> Tensor:
-        """``state`` -> ``[n_envs, state_dim]``."""
+        """``state`` -> ``[n_envs, state_dim]`` (the step count as a float: exact below 2^24)."""
         parts = [pack_state(state.pi)] + ([pack_state(state.vf)] if state.vf else [])
-        return torch.cat(parts, dim=1)
+        return torch.cat([*parts, state.t.to(parts[0].dtype)[:, None]], dim=1)
 
     def unpack(self, flat: Tensor) -> AarenPPOState:
         """``[n, state_dim]`` -> the state :meth:`pack` flattened."""
@@ -219,8 +249,8 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         pi = unpack_state(flat[:, :half], self.n_layers, self.n_heads, self.head_dim)
         vf: AarenBackboneState = ()
         if self.critic_memory is not None:
-            vf = unpack_state(flat[:, half:], self.n_layers, self.n_heads, self.head_dim)
-        return AarenPPOState(pi, vf)
+            vf = unpack_state(flat[:, half:-1], self.n_layers, self.n_heads, self.head_dim)
+        return AarenPPOState(pi, vf, flat[:, -1].round().long())
 
     @staticmethod
     def select_rows(state: AarenPPOState, rows: slice | Tensor) -> AarenPPOState:
@@ -229,7 +259,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         def take(s: AarenBackboneState) -> AarenBackboneState:
             return tuple(AarenState(x.m[rows], x.u[rows], x.w[rows]) for x in s)
 
-        return AarenPPOState(take(state.pi), take(state.vf))
+        return AarenPPOState(take(state.pi), take(state.vf), state.t[rows])
 
     # ------------------------------------------------------------------ one step per env
     def _features(self, obs: PyTorchObs) -> tuple[Tensor, Tensor]:
@@ -243,15 +273,16 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
     ) -> tuple[Tensor, Tensor, AarenPPOState]:
         pi_features, vf_features = self._features(obs)
         starts = episode_starts.to(torch.bool).reshape(-1)
-        latent_pi, pi_state = self.actor_memory.step(pi_features, state.pi, starts)
+        t = torch.where(starts, torch.zeros_like(state.t), state.t)
+        latent_pi, pi_state = self.actor_memory.step(pi_features, state.pi, starts, t)
         vf_state: AarenBackboneState = ()
         if self.critic_memory is not None:
-            latent_vf, vf_state = self.critic_memory.step(vf_features, state.vf, starts)
+            latent_vf, vf_state = self.critic_memory.step(vf_features, state.vf, starts, t)
         elif self.critic == "shared":
             latent_vf = latent_pi.detach()
         else:
             latent_vf = self.critic_input(vf_features)
-        return latent_pi, latent_vf, AarenPPOState(pi_state, vf_state)
+        return latent_pi, latent_vf, AarenPPOState(pi_state, vf_state, t + 1)
 
     def forward(  # type: ignore[override]
         self,
@@ -312,13 +343,14 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         pi_features, vf_features = self._features(obs)
         resets, valid = episode_starts.to(torch.bool), mask.to(torch.bool)
         flat_valid = valid.reshape(-1)
+        steps = step_index(state.t, resets)
         latent_pi = self.actor_memory.sequence(
-            pi_features.reshape(n, t, -1), state.pi, resets, valid
+            pi_features.reshape(n, t, -1), state.pi, resets, valid, steps
         )
         latent_pi = latent_pi.reshape(n * t, -1)[flat_valid]
         if self.critic_memory is not None:
             latent_vf = self.critic_memory.sequence(
-                vf_features.reshape(n, t, -1), state.vf, resets, valid
+                vf_features.reshape(n, t, -1), state.vf, resets, valid, steps
             ).reshape(n * t, -1)[flat_valid]
         elif self.critic == "shared":
             latent_vf = latent_pi.detach()
@@ -340,16 +372,17 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
     ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
         """SB3's recurrent ``predict``: ``state`` is the actor memory as a tuple of numpy
         arrays (``m [n_envs, heads]``, ``u [n_envs, heads]``, ``w [n_envs, heads, head_dim]``
-        per layer); ``state=None`` starts every env afresh; ``episode_start [n_envs]`` restarts
-        those envs before their observation is used."""
+        per layer, then the step count ``t [n_envs]``); ``state=None`` starts every env afresh;
+        ``episode_start [n_envs]`` restarts those envs before their observation is used."""
         self.set_training_mode(False)
         obs_tensor, vectorized = self.obs_to_tensor(observation)
         n = _batch_size(obs_tensor)
         if state is None:
             memory = self.actor_memory.backbone.initial_state(n)
+            t = torch.zeros(n, dtype=torch.long, device=self.device)
             episode_start = np.ones(n, dtype=bool)
         else:
-            expected = 3 * self.n_layers
+            expected = 3 * self.n_layers + 1
             if not isinstance(state, tuple) or len(state) != expected:
                 raise ValueError(
                     f"state must be the tuple of {expected} arrays that predict returned "
@@ -362,11 +395,13 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
                 )
             arrays = [torch.as_tensor(np.asarray(a), device=self.device) for a in state]
             memory = tuple(AarenState(*arrays[3 * i : 3 * i + 3]) for i in range(self.n_layers))
+            t = arrays[-1].long()
         starts = np.zeros(n, bool) if episode_start is None else np.asarray(episode_start, bool)
         with torch.no_grad():
             features = self._features(obs_tensor)[0]
             starts_t = torch.as_tensor(starts.reshape(-1), device=self.device)
-            latent, memory = self.actor_memory.step(features, memory, starts_t)
+            t = torch.where(starts_t, torch.zeros_like(t), t)
+            latent, memory = self.actor_memory.step(features, memory, starts_t, t)
             distribution = self._get_action_dist_from_latent(
                 self.mlp_extractor.forward_actor(latent)
             )
@@ -379,7 +414,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
                 actions = np.clip(actions, self.action_space.low, self.action_space.high)
         if not vectorized:
             actions = actions.squeeze(axis=0)
-        new_state = tuple(x.cpu().numpy() for s in memory for x in s)
+        new_state = (*(x.cpu().numpy() for s in memory for x in s), (t + 1).cpu().numpy())
         return actions, new_state
 
 

@@ -1,0 +1,53 @@
+"""Memory tasks for the SB3 benchmark: velocity-masked classic control and a POPGym task.
+
+``CartPoleNoVel-v1`` and ``PendulumNoVel-v1`` follow rl-baselines3-zoo's definition: the
+observation is multiplied by a mask that zeroes the velocity entries (CartPole indices 1 and 3,
+Pendulum index 2), so the shape is unchanged and the velocities must be inferred from memory.
+``popgym-RepeatFirstEasy-v0`` is POPGym's RepeatFirst (output the suit of the episode's first
+card at every step, 51 steps): after three steps a 4-frame stack no longer holds that card.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+
+VELOCITY_MASKS = {
+    "CartPoleNoVel-v1": ("CartPole-v1", (1.0, 0.0, 1.0, 0.0)),
+    "PendulumNoVel-v1": ("Pendulum-v1", (1.0, 1.0, 0.0)),
+}
+POPGYM_TASKS = ("popgym-RepeatFirstEasy-v0",)  # registered by ``import popgym``
+
+
+class MaskVelocity(gym.ObservationWrapper):
+    """Multiply every observation by a fixed 0/1 ``mask`` (``[obs_dim]``)."""
+
+    def __init__(self, env: gym.Env, mask: tuple[float, ...]) -> None:
+        super().__init__(env)
+        self.mask = np.asarray(mask, dtype=np.float32)
+        if self.mask.shape != env.observation_space.shape:
+            raise ValueError(
+                f"mask has shape {self.mask.shape} but {env.spec.id if env.spec else env} "
+                f"observes {env.observation_space.shape}"
+            )
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        return (observation * self.mask).astype(np.float32)
+
+
+def _make_masked(base_id: str, mask: tuple[float, ...], **kwargs) -> gym.Env:
+    return MaskVelocity(gym.make(base_id, **kwargs), mask)
+
+
+def register_memory_envs() -> None:
+    """Register the ids above with Gymnasium (idempotent; POPGym's need the ``popgym``
+    package, which registers them on import)."""
+    for env_id, (base_id, mask) in VELOCITY_MASKS.items():
+        if env_id not in gym.registry:
+            gym.register(
+                env_id, entry_point=_make_masked, kwargs={"base_id": base_id, "mask": mask}
+            )
+    try:
+        import popgym  # noqa: F401
+    except ImportError:  # the velocity tasks still work
+        pass

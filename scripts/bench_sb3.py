@@ -1,0 +1,323 @@
+"""Memory benchmark: AarenPPO against RecurrentPPO (LSTM), PPO and PPO on 4 stacked frames.
+
+A measurement, not a test. Every (task, agent, seed) trains for the same number of steps, then
+plays 10 deterministic evaluation episodes; the run's wall-clock fps is its steps over the
+training time. Results go to a JSON file after every run (written atomically), and a rerun
+skips the runs already there, so an interrupted benchmark resumes. ``--report`` turns the JSON
+into a markdown table and a plot of the training curves.
+
+    .venv/bin/python scripts/bench_sb3.py --tasks CartPoleNoVel-v1 --seeds 0 1 2 --threads 1
+    .venv/bin/python scripts/bench_sb3.py --report            # docs/sb3.md, docs/sb3.png
+
+Hyper-parameters: rl-baselines3-zoo's ``ppo_lstm.yml`` where it has the task (CartPoleNoVel,
+PendulumNoVel), the same for every agent on a task (only the memory differs); the POPGym task
+has no zoo entry and uses the settings in ``TASKS`` below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import VecFrameStack, VecNormalize
+from torch import nn
+
+from aaren_rl.sb3 import AarenPPO
+from aaren_rl.sb3.envs import register_memory_envs
+
+AGENTS = ("aaren_ppo", "recurrent_ppo", "ppo", "ppo_stack4")
+ZOO_POLICY = dict(ortho_init=False, activation_fn=nn.ReLU, net_arch=dict(pi=[64], vf=[64]))
+
+
+def linear(start: float):
+    """rl-zoo's ``lin_<start>``: linear decay from ``start`` to 0 over training."""
+
+    def schedule(progress_remaining: float) -> float:
+        return progress_remaining * start
+
+    schedule.__name__ = f"lin_{start}"
+    return schedule
+
+
+TASKS: dict[str, dict[str, Any]] = {
+    # ppo_lstm.yml, CartPoleNoVel-v1
+    "CartPoleNoVel-v1": dict(
+        n_envs=8,
+        timesteps=100_000,
+        normalize=True,
+        hp=dict(
+            n_steps=32,
+            batch_size=256,
+            gae_lambda=0.8,
+            gamma=0.98,
+            n_epochs=20,
+            ent_coef=0.0,
+            learning_rate=linear(1e-3),
+            clip_range=linear(0.2),
+        ),
+        sequence_length=32,
+    ),
+    # ppo_lstm.yml, PendulumNoVel-v1
+    "PendulumNoVel-v1": dict(
+        n_envs=4,
+        timesteps=100_000,
+        normalize=True,
+        hp=dict(
+            n_steps=1024,
+            batch_size=128,
+            gae_lambda=0.95,
+            gamma=0.9,
+            n_epochs=10,
+            ent_coef=0.0,
+            learning_rate=1e-3,
+            clip_range=0.2,
+            use_sde=True,
+            sde_sample_freq=4,
+        ),
+        sequence_length=128,
+    ),
+    # no zoo entry: CartPoleNoVel's settings with a rollout longer than an episode (51 steps)
+    "popgym-RepeatFirstEasy-v0": dict(
+        n_envs=8,
+        timesteps=100_000,
+        normalize=False,
+        hp=dict(
+            n_steps=64,
+            batch_size=256,
+            gae_lambda=0.95,
+            gamma=0.99,
+            n_epochs=10,
+            ent_coef=0.01,
+            learning_rate=linear(1e-3),
+            clip_range=0.2,
+        ),
+        sequence_length=64,
+    ),
+}
+
+
+class OneHot(gym.ObservationWrapper):
+    """A Discrete observation as a one-hot Box (so every agent, frame stacking included, reads
+    the same input)."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.n = int(env.observation_space.n)
+        self.observation_space = spaces.Box(0.0, 1.0, (self.n,), np.float32)
+
+    def observation(self, observation: int) -> np.ndarray:
+        out = np.zeros(self.n, dtype=np.float32)
+        out[int(observation)] = 1.0
+        return out
+
+
+def _wrapper(task: str):
+    probe = gym.make(task)
+    discrete = isinstance(probe.observation_space, spaces.Discrete)
+    probe.close()
+    return OneHot if discrete else None
+
+
+def make_env(task: str, agent: str, n_envs: int, seed: int, normalize: bool, training: bool):
+    venv = make_vec_env(task, n_envs=n_envs, seed=seed, wrapper_class=_wrapper(task))
+    if agent == "ppo_stack4":
+        venv = VecFrameStack(venv, n_stack=4)
+    if normalize:
+        venv = VecNormalize(venv, training=training, norm_reward=training)
+    return venv
+
+
+class Curve(BaseCallback):
+    """Mean training-episode return (SB3's Monitor, last 100 episodes) after every rollout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.points: list[tuple[int, float]] = []
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if len(self.model.ep_info_buffer):
+            mean = float(np.mean([ep["r"] for ep in self.model.ep_info_buffer]))
+            self.points.append((int(self.num_timesteps), mean))
+
+
+def build(agent: str, task: str, venv, seed: int):
+    spec = TASKS[task]
+    hp = dict(spec["hp"])
+    common = dict(seed=seed, device="cpu", verbose=0)
+    if agent == "aaren_ppo":
+        kwargs = dict(ZOO_POLICY, d_model=64, n_layers=1, n_heads=2, timestep_embedding=512)
+        return AarenPPO(
+            "MlpAarenPolicy",
+            venv,
+            sequence_length=spec["sequence_length"],
+            policy_kwargs=kwargs,
+            **hp,
+            **common,
+        )
+    if agent == "recurrent_ppo":
+        from sb3_contrib import RecurrentPPO
+
+        kwargs = dict(ZOO_POLICY, lstm_hidden_size=64, enable_critic_lstm=True)
+        return RecurrentPPO("MlpLstmPolicy", venv, policy_kwargs=kwargs, **hp, **common)
+    return PPO("MlpPolicy", venv, policy_kwargs=dict(ZOO_POLICY), **hp, **common)
+
+
+def run_one(task: str, agent: str, seed: int, timesteps: int) -> dict[str, Any]:
+    spec = TASKS[task]
+    venv = make_env(task, agent, spec["n_envs"], seed, spec["normalize"], training=True)
+    model = build(agent, task, venv, seed)
+    curve = Curve()
+    t0 = time.perf_counter()
+    model.learn(timesteps, callback=curve)
+    wall = time.perf_counter() - t0
+    eval_env = make_env(task, agent, 1, 10_000 + seed, spec["normalize"], training=False)
+    if spec["normalize"]:
+        eval_env.obs_rms = venv.obs_rms
+    returns, lengths = evaluate_policy(
+        model, eval_env, n_eval_episodes=10, deterministic=True, return_episode_rewards=True
+    )
+    venv.close()
+    eval_env.close()
+    return dict(
+        task=task,
+        agent=agent,
+        seed=seed,
+        timesteps=int(model.num_timesteps),
+        wall_s=wall,
+        fps=model.num_timesteps / wall,
+        eval_returns=[float(r) for r in returns],
+        eval_mean=float(np.mean(returns)),
+        eval_std=float(np.std(returns)),
+        curve=curve.points,
+    )
+
+
+def stamp(threads: int) -> dict[str, Any]:
+    import sb3_contrib
+    import stable_baselines3
+
+    return dict(
+        machine=f"{platform.machine()} {platform.processor() or ''} ({os.cpu_count()} cores)".strip(),
+        python=platform.python_version(),
+        torch=torch.__version__,
+        stable_baselines3=stable_baselines3.__version__,
+        sb3_contrib=sb3_contrib.__version__,
+        threads=threads,
+        load_average=os.getloadavg()[0],
+    )
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=1)
+    os.replace(tmp, path)
+
+
+def report(results: list[dict[str, Any]], md_path: Path, png_path: Path) -> str:
+    """A markdown table (mean/std over seeds of the evaluation return, fps) and a plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in TASKS if any(r["task"] == t for r in results)]
+    lines = [
+        "| task | agent | seeds | steps | eval return (mean ± std over seeds) | per seed | fps |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(5 * max(1, len(tasks)), 3.6))
+    axes = np.atleast_1d(axes)
+    for ax, task in zip(axes, tasks, strict=False):
+        for agent in AGENTS:
+            runs = [r for r in results if r["task"] == task and r["agent"] == agent]
+            if not runs:
+                continue
+            means = np.array([r["eval_mean"] for r in runs])
+            fps = np.array([r["fps"] for r in runs])
+            per_seed = ", ".join(f"{m:.1f}" for m in means)
+            lines.append(
+                f"| {task} | {agent} | {len(runs)} | {runs[0]['timesteps']} | "
+                f"{means.mean():.1f} ± {means.std():.1f} | {per_seed} | {fps.mean():.0f} |"
+            )
+            for i, r in enumerate(runs):
+                if r["curve"]:
+                    x, y = zip(*r["curve"], strict=True)
+                    ax.plot(x, y, color=f"C{AGENTS.index(agent)}", alpha=0.8,
+                            label=agent if i == 0 else None)  # fmt: skip
+        ax.set_title(task)
+        ax.set_xlabel("timesteps")
+        ax.set_ylabel("training episode return (last 100)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+    table = "\n".join(lines)
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--agents", nargs="+", default=list(AGENTS), choices=AGENTS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--timesteps", type=int, default=None, help="override every task's")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=Path("docs/sb3_runs.json"))
+    parser.add_argument("--report", action="store_true", help="only write the table and plot")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    register_memory_envs()
+    data = json.loads(args.out.read_text()) if args.out.exists() else {"runs": []}
+    if args.report:
+        table = report(
+            data["runs"], args.out.with_name("sb3_table.md"), args.out.with_name("sb3.png")
+        )
+        args.out.with_name("sb3_table.md").write_text(table + "\n")
+        print(table)
+        return 0
+    for task in args.tasks:
+        for seed in args.seeds:
+            for agent in args.agents:
+                steps = args.timesteps or TASKS[task]["timesteps"]
+                done = [
+                    r
+                    for r in data["runs"]
+                    if (r["task"], r["agent"], r["seed"], r["timesteps_asked"])
+                    == (task, agent, seed, steps)
+                ]
+                if done:
+                    continue
+                print(f"{task} {agent} seed {seed}: {steps} steps ...", flush=True)
+                result = run_one(task, agent, seed, steps)
+                result.update(timesteps_asked=steps, stamp=stamp(args.threads))
+                print(
+                    f"  eval {result['eval_mean']:.1f} ± {result['eval_std']:.1f}, "
+                    f"{result['fps']:.0f} fps, {result['wall_s']:.0f} s",
+                    flush=True,
+                )
+                data["runs"].append(result)
+                write_json_atomic(args.out, data)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
