@@ -40,7 +40,7 @@ from torch import nn
 from aaren_rl.sb3 import AarenPPO
 from aaren_rl.sb3.envs import register_memory_envs
 
-AGENTS = ("aaren_ppo", "recurrent_ppo", "ppo", "ppo_stack4")
+AGENTS = ("aaren_ppo", "aaren_ppo_nodecay", "recurrent_ppo", "ppo", "ppo_stack4")
 ZOO_POLICY = dict(ortho_init=False, activation_fn=nn.ReLU, net_arch=dict(pi=[64], vf=[64]))
 
 
@@ -162,8 +162,9 @@ def build(agent: str, task: str, venv, seed: int):
     spec = TASKS[task]
     hp = dict(spec["hp"])
     common = dict(seed=seed, device="cpu", verbose=0)
-    if agent == "aaren_ppo":
+    if agent.startswith("aaren_ppo"):
         kwargs = dict(ZOO_POLICY, d_model=64, n_layers=1, n_heads=2, timestep_embedding=512)
+        kwargs["decay"] = agent == "aaren_ppo"  # aaren_ppo_nodecay: the paper's Aaren
         return AarenPPO(
             "MlpAarenPolicy",
             venv,
@@ -277,7 +278,12 @@ def report(results: list[dict[str, Any]], md_path: Path, png_path: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
-    parser.add_argument("--agents", nargs="+", default=list(AGENTS), choices=AGENTS)
+    parser.add_argument(
+        "--agents",
+        nargs="+",
+        default=[a for a in AGENTS if a != "aaren_ppo_nodecay"],
+        choices=AGENTS,
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--timesteps", type=int, default=None, help="override every task's")
     parser.add_argument("--threads", type=int, default=1)

@@ -21,7 +21,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from aaren_rl.sb3 import AarenPPO
 from aaren_rl.sb3.policies import MultiInputAarenPolicy
 
-SMALL = dict(d_model=16, n_heads=2, net_arch=dict(pi=[16], vf=[16]), timestep_embedding=8)
+SMALL = dict(
+    d_model=16, n_heads=2, net_arch=dict(pi=[16], vf=[16]), timestep_embedding=8, decay=True
+)
 
 
 class DictObs(gym.ObservationWrapper):
@@ -47,14 +49,16 @@ def _varlen(n_envs: int, seed: int, dict_obs: bool = False, **make_kwargs) -> Du
     )
 
 
-def _model(env, critic: str = "separate", **kwargs) -> AarenPPO:
+def _model(env, critic: str = "separate", plain: bool = False, **kwargs) -> AarenPPO:
     policy = "MultiInputAarenPolicy" if isinstance(env.observation_space, spaces.Dict) else None
     defaults = dict(n_steps=40, batch_size=64, sequence_length=16, n_epochs=1, seed=0)
     defaults.update(kwargs)
     return AarenPPO(
         policy or "MlpAarenPolicy",
         env,
-        policy_kwargs=dict(SMALL, critic=critic),
+        policy_kwargs=dict(
+            SMALL, critic=critic, **(dict(decay=False, timestep_embedding=0) if plain else {})
+        ),
         device="cpu",
         **defaults,
     )
@@ -69,6 +73,7 @@ def _collect(model: AarenPPO) -> None:
     "env_kind,critic",
     [
         ("box", "separate"),
+        ("box-plain", "separate"),
         ("box", "shared"),
         ("box", "none"),
         ("discrete", "separate"),
@@ -80,7 +85,7 @@ def test_scan_update_reproduces_collection_log_probs_and_values(env_kind, critic
         env = make_vec_env("CartPole-v1", n_envs=3, seed=0)
     else:
         env = _varlen(3, seed=0, dict_obs=env_kind == "dict")
-    model = _model(env, critic)
+    model = _model(env, critic, plain=env_kind == "box-plain")
     _collect(model)
     buffer = model.rollout_buffer
     starts = buffer.episode_starts[1:].sum()

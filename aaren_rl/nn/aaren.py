@@ -39,7 +39,9 @@ class AarenAttention(nn.Module):
     constant (the collapsed key path of DESIGN.md section 1): one dot product per head.
     """
 
-    def __init__(self, d_model: int, n_heads: int, chunk_size: int = DEFAULT_CHUNK) -> None:
+    def __init__(
+        self, d_model: int, n_heads: int, chunk_size: int = DEFAULT_CHUNK, decay: bool = False
+    ) -> None:
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
@@ -51,6 +53,9 @@ class AarenAttention(nn.Module):
         self.v_proj = nn.Linear(d_model, d_model)
         self.out_proj = nn.Linear(d_model, d_model)
         nn.init.normal_(self.query, std=1.0)
+        # Optional recency (ALiBi-style): token i's score gains rate_h * i, so at step t a past
+        # token weighs exp(s_i - rate_h (t - i)). Off by default (the paper's Aaren).
+        self.decay_logit = nn.Parameter(_initial_decay_logits(n_heads)) if decay else None
 
     def score_weights(self) -> tuple[Tensor, Tensor]:
         """The collapsed key path: ``(kappa [heads, d_model], const [heads])`` with
@@ -89,19 +94,37 @@ class AarenAttention(nn.Module):
         mask: Tensor | None = None,
         method: Method = "scan",
     ) -> tuple[Tensor, AarenState]:
-        """``x [batch, time, d_model]`` -> ``(y [batch, time, d_model], state)``."""
+        """``x [batch, time, d_model]`` -> ``(y [batch, time, d_model], state)``.
+
+        With ``decay``, padding must be trailing (the final state is taken at each row's last
+        valid token)."""
         scores, values = self.scores_and_values(x)
+        rate = self.decay_rate()
+        if rate is not None:  # token i gains rate * (i + 1) over the carried state
+            pos = torch.arange(1, scores.shape[1] + 1, device=x.device, dtype=scores.dtype)
+            scores = scores + pos[None, :, None] * rate
         if method == "scan":
             out, state = aaren_scan(scores, values, state, resets, mask, self.chunk_size)
         elif method == "reference":
             out, state = aaren_reference(scores, values, state, resets, mask)
         else:
             raise ValueError(f"method must be 'scan' or 'reference', got {method!r}")
+        if rate is not None:  # back to the step's reference: the last valid token unshifted
+            n = scores.shape[1] if mask is None else mask.sum(1).to(scores.dtype)
+            shift = (torch.as_tensor(n, dtype=scores.dtype, device=x.device).reshape(-1, 1)) * rate
+            state = AarenState(state.m - shift, state.u, state.w)
         return self.out_proj(out.flatten(-2)), state
+
+    def decay_rate(self) -> Tensor | None:
+        """``[heads]`` the recency rates (softplus of ``decay_logit``), or None without decay."""
+        return None if self.decay_logit is None else nn.functional.softplus(self.decay_logit)
 
     def step(self, x: Tensor, state: AarenState) -> tuple[Tensor, AarenState]:
         """``x [batch, d_model]`` -> ``(y [batch, d_model], state)``: one token per row."""
         scores, values = self.scores_and_values(x)
+        rate = self.decay_rate()
+        if rate is not None:  # every stored token ages one step (m=-inf stays -inf)
+            state = AarenState(state.m - rate, state.u, state.w)
         out, state = aaren_step(scores, values, state)
         return self.out_proj(out.flatten(-2)), state
 
@@ -112,6 +135,12 @@ class AarenAttention(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> AarenState:
         return initial_aaren_state(batch_size, self.n_heads, self.head_dim, device, dtype)
+
+
+def _initial_decay_logits(n_heads: int) -> Tensor:
+    """Rates from 1 (a few steps) down to 1/64 (a whole episode), geometric over the heads."""
+    rates = torch.logspace(0, -6, n_heads, base=2.0) if n_heads > 1 else torch.tensor([0.1])
+    return torch.log(torch.expm1(rates))  # softplus^-1
 
 
 class AarenBlock(ResidualBlock):
@@ -132,9 +161,10 @@ class AarenBlock(ResidualBlock):
         norm_first: bool = True,
         activation: str = "relu",
         chunk_size: int = DEFAULT_CHUNK,
+        decay: bool = False,
     ) -> None:
         super().__init__(d_model, d_ff or 4 * d_model, dropout, norm_first, activation)
-        self.attn = AarenAttention(d_model, n_heads, chunk_size)
+        self.attn = AarenAttention(d_model, n_heads, chunk_size, decay)
 
     def forward(
         self,
@@ -169,11 +199,12 @@ class AarenBackbone(nn.Module):
         norm_first: bool = True,
         activation: str = "relu",
         chunk_size: int = DEFAULT_CHUNK,
+        decay: bool = False,
     ) -> None:
         super().__init__()
         self.d_model = d_model
         self.layers = nn.ModuleList(
-            AarenBlock(d_model, n_heads, d_ff, dropout, norm_first, activation, chunk_size)
+            AarenBlock(d_model, n_heads, d_ff, dropout, norm_first, activation, chunk_size, decay)
             for _ in range(n_layers)
         )
 

@@ -28,6 +28,10 @@ at ``N - 1``) to every token, as Decision Aaren does: Aaren's query is a learned
 without it a memory cannot tell the episode's first observation from a later one. In the scan
 the step of each token comes from the carried count and the resets without a loop (the index
 minus the index of the last reset, a ``cummax``).
+
+``decay=True`` gives every head a learned recency rate (``AarenBackbone(decay=True)``): a past
+token's score falls by the rate per step, so a head can average the last few observations (a
+velocity from positions) as well as the whole episode.
 """
 
 from __future__ import annotations
@@ -75,12 +79,14 @@ class AarenMemory(nn.Module):
     """``features [.., F]`` -> Linear -> :class:`AarenBackbone` -> LayerNorm -> ``[.., d_model]``."""
 
     def __init__(self, features_dim: int, d_model: int, n_layers: int, n_heads: int, d_ff: int | None,
-                 chunk_size: int, timestep_embedding: int = 0) -> None:  # fmt: skip
+                 chunk_size: int, timestep_embedding: int = 0, decay: bool = False) -> None:  # fmt: skip
         super().__init__()
         self.embed = nn.Linear(features_dim, d_model)
         self.max_t = timestep_embedding
         self.time = nn.Embedding(timestep_embedding, d_model) if timestep_embedding else None
-        self.backbone = AarenBackbone(d_model, n_layers, n_heads, d_ff, chunk_size=chunk_size)
+        self.backbone = AarenBackbone(
+            d_model, n_layers, n_heads, d_ff, chunk_size=chunk_size, decay=decay
+        )
         self.norm = nn.LayerNorm(d_model)
 
     def tokens(self, features: Tensor, t: Tensor) -> Tensor:
@@ -161,6 +167,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         chunk_size: int = 32,
         critic: str = "separate",
         timestep_embedding: int = 0,
+        decay: bool = False,
     ) -> None:
         if critic not in CRITICS:
             raise ValueError(f"critic must be one of {CRITICS}, got {critic!r}")
@@ -170,6 +177,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         self.head_dim = d_model // n_heads
         self.d_ff, self.chunk_size, self.critic = d_ff, chunk_size, critic
         self.timestep_embedding = int(timestep_embedding)
+        self.decay = bool(decay)
         super().__init__(
             observation_space,
             action_space,
@@ -193,7 +201,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
     # ------------------------------------------------------------------ building
     def _new_memory(self) -> AarenMemory:
         return AarenMemory(self.features_dim, self.d_model, self.n_layers, self.n_heads, self.d_ff,
-                           self.chunk_size, self.timestep_embedding)  # fmt: skip
+                           self.chunk_size, self.timestep_embedding, self.decay)  # fmt: skip
 
     def _build(self, lr_schedule: Schedule) -> None:
         # The memories exist before SB3 builds the heads and the optimiser over all parameters.
@@ -222,6 +230,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             chunk_size=self.chunk_size,
             critic=self.critic,
             timestep_embedding=self.timestep_embedding,
+            decay=self.decay,
         )
         return data
 
