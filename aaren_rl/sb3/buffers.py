@@ -57,12 +57,30 @@ class _SequenceMixin:
     state_dim: int
     states: np.ndarray
 
-    def _reset_states(self) -> None:
-        self.states = np.zeros((self.buffer_size, self.n_envs, self.state_dim), dtype=np.float32)
+    def __init__(
+        self,
+        buffer_size: int,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        state_dim: int,
+        device: torch.device | str = "auto",
+        gae_lambda: float = 1,
+        gamma: float = 0.99,
+        n_envs: int = 1,
+    ) -> None:
+        self.state_dim = state_dim
+        super().__init__(  # type: ignore[call-arg]  # the SB3 buffer after the mixin
+            buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs
+        )
 
-    def _add_state(self, state: np.ndarray) -> None:
-        # add() has advanced self.pos already
-        self.states[self.pos - 1] = np.asarray(state, dtype=np.float32)
+    def reset(self) -> None:
+        self.states = np.zeros((self.buffer_size, self.n_envs, self.state_dim), dtype=np.float32)
+        super().reset()  # type: ignore[misc]
+
+    def add(self, *args, state: np.ndarray, **kwargs) -> None:
+        """The SB3 buffer's ``add`` plus ``state [n_envs, state_dim]``, carried into this step."""
+        super().add(*args, **kwargs)  # type: ignore[misc]
+        self.states[self.pos - 1] = np.asarray(state, dtype=np.float32)  # pos has advanced
 
     def _observation_sequences(self, seq_len: int) -> np.ndarray | dict[str, np.ndarray]:
         raise NotImplementedError
@@ -114,62 +132,12 @@ class _SequenceMixin:
 class AarenRolloutBuffer(_SequenceMixin, RolloutBuffer):
     """SB3's ``RolloutBuffer`` plus the memory per step (see the module docstring)."""
 
-    def __init__(
-        self,
-        buffer_size: int,
-        observation_space: spaces.Space,
-        action_space: spaces.Space,
-        state_dim: int,
-        device: torch.device | str = "auto",
-        gae_lambda: float = 1,
-        gamma: float = 0.99,
-        n_envs: int = 1,
-    ) -> None:
-        self.state_dim = state_dim
-        super().__init__(
-            buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs
-        )
-
-    def reset(self) -> None:
-        self._reset_states()
-        super().reset()
-
-    def add(self, *args, state: np.ndarray, **kwargs) -> None:  # type: ignore[override]
-        """``RolloutBuffer.add`` plus ``state [n_envs, state_dim]``, carried into this step."""
-        super().add(*args, **kwargs)
-        self._add_state(state)
-
     def _observation_sequences(self, seq_len: int) -> np.ndarray:
         return _to_sequences(self.observations, seq_len)
 
 
 class AarenDictRolloutBuffer(_SequenceMixin, DictRolloutBuffer):
     """SB3's ``DictRolloutBuffer`` plus the memory per step (see the module docstring)."""
-
-    def __init__(
-        self,
-        buffer_size: int,
-        observation_space: spaces.Dict,
-        action_space: spaces.Space,
-        state_dim: int,
-        device: torch.device | str = "auto",
-        gae_lambda: float = 1,
-        gamma: float = 0.99,
-        n_envs: int = 1,
-    ) -> None:
-        self.state_dim = state_dim
-        super().__init__(
-            buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs
-        )
-
-    def reset(self) -> None:
-        self._reset_states()
-        super().reset()
-
-    def add(self, *args, state: np.ndarray, **kwargs) -> None:  # type: ignore[override]
-        """``DictRolloutBuffer.add`` plus ``state [n_envs, state_dim]``."""
-        super().add(*args, **kwargs)
-        self._add_state(state)
 
     def _observation_sequences(self, seq_len: int) -> dict[str, np.ndarray]:
         return {k: _to_sequences(v, seq_len) for k, v in self.observations.items()}
