@@ -50,6 +50,7 @@ import torch
 
 from aaren_rl.bench import format_bytes, format_table, peak_memory_bytes, train_pass, write_atomic
 from aaren_rl.cli import add_threads_argument, apply_threads
+from aaren_rl.files import save_figure_atomic
 from aaren_rl.nn.backbone import state_nbytes
 
 OBS_DIM, ACT_DIM = 11, 3
@@ -736,10 +737,8 @@ def plot(results: dict, out: Path) -> list[Path]:
         path = out / f"{STEM}-{name}.png"
         fig.suptitle(title, fontsize=8)
         fig.tight_layout()
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp, dpi=110)
+        save_figure_atomic(fig, path)
         plt.close(fig)
-        os.replace(tmp, path)
         written.append(path)
 
     lat = results.get("latency")

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aaren_rl.files import save_figure_atomic, write_text_atomic
+
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -122,8 +124,10 @@ def main() -> int:
         "command": "python scripts/bench_events_stream.py "
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "force"),
     }
-    _write(out.with_suffix(".json"), json.dumps({"stamp": stamp, "results": results}, indent=1))
-    _write(out.with_suffix(".md"), _table(results, stamp))
+    write_text_atomic(
+        out.with_suffix(".json"), json.dumps({"stamp": stamp, "results": results}, indent=1)
+    )
+    write_text_atomic(out.with_suffix(".md"), _table(results, stamp))
     _plot(results, out.with_suffix(".png"), stamp)
     print(_table(results, stamp))
     return 0
@@ -195,17 +199,8 @@ def _plot(results: dict, path: Path, stamp: dict) -> None:
     ax.set_title(f"events head streaming, {stamp['threads']} thread(s), torch {stamp['torch']}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
+    save_figure_atomic(fig, path)
     plt.close(fig)
-
-
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 if __name__ == "__main__":

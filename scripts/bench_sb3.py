@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecFrameStack, VecNormalize
 from torch import nn
 
+from aaren_rl.files import write_json_atomic
 from aaren_rl.sb3 import AarenPPO
 from aaren_rl.sb3.envs import register_memory_envs
 
@@ -226,14 +226,6 @@ def stamp(threads: int) -> dict[str, Any]:
     )
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=1)
-    os.replace(tmp, path)
-
-
 def report(results: list[dict[str, Any]], md_path: Path, png_path: Path) -> str:
     """A markdown table (mean/std over seeds of the evaluation return, fps) and a plot."""
     import matplotlib
@@ -321,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
                 data["runs"].append(result)
-                write_json_atomic(args.out, data)
+                write_json_atomic(args.out, data, indent=1)
     return 0
 
 

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from aaren_rl.data.errors import DatasetError
+from aaren_rl.files import write_text_atomic
 
 FIELDS = ("time_since_start", "time_since_last_event", "type_event")
 
@@ -241,10 +242,7 @@ def write_event_json(path: str | os.PathLike[str], seqs: EventSequences) -> None
                 "end_time": float(seqs.end[i] - seqs.start[i]),
             }
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(rows))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(rows))
 
 
 # ----------------------------------------------------------------------------- data sets

@@ -22,11 +22,11 @@ import torch
 import torch.distributed as dist
 
 from aaren_rl.cli import _threads, add_threads_argument, apply_threads
+from aaren_rl.files import save_figure_atomic, write_json_atomic, write_text_atomic
 from aaren_rl.heads.fit import BackboneConfig, HeadTrainer
 from aaren_rl.nn.build import BACKBONES
 from aaren_rl.training.config import LoopConfig
 from aaren_rl.training.distributed import DistContext, setup_distributed
-from aaren_rl.training.files import write_json_atomic
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
             from aaren_rl.heads.events_cli import reference_lines
 
             table += reference_lines(rows)
-        _write_text_atomic(out / "comparison.md", table)
+        write_text_atomic(out / "comparison.md", table)
         write_json_atomic(out / "comparison.json", rows)
         print(table)
     return 0
@@ -320,7 +320,7 @@ def forecast_outputs(model: Any, data: Any, out: Path, device: torch.device) -> 
     ax.set_ylabel("standardised value")
     ax.legend()
     fig.tight_layout()
-    _save_fig(fig, out / "predictions.png")
+    save_figure_atomic(fig, out / "predictions.png")
     plt.close(fig)
     return {
         "stream_ms_per_observation": ms,
@@ -344,7 +344,7 @@ def _write_future_csv(path: Path, data: Any, future: np.ndarray) -> None:
     lines += [
         f"{d}," + ",".join(f"{v:.6g}" for v in row) for d, row in zip(stamps, future, strict=True)
     ]
-    _write_text_atomic(path, "\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def classify_outputs(model: Any, data: Any, out: Path, device: torch.device) -> dict[str, Any]:
@@ -381,7 +381,7 @@ def classify_outputs(model: Any, data: Any, out: Path, device: torch.device) -> 
     ax.set_ylabel("true")
     ax.set_title(f"test accuracy {np.mean(pred == truth):.3f}")
     fig.tight_layout()
-    _save_fig(fig, out / "predictions.png")
+    save_figure_atomic(fig, out / "predictions.png")
     plt.close(fig)
     return {
         "stream_ms_per_observation": ms,
@@ -390,19 +390,6 @@ def classify_outputs(model: Any, data: Any, out: Path, device: torch.device) -> 
         "test_series": len(truth),
         "confusion": confusion.tolist(),
     }
-
-
-def _save_fig(fig: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def comparison_table(head: str, rows: list[dict[str, Any]]) -> str:

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from aaren_rl.files import save_figure_atomic
+
 SYNTHETIC = ("hawkes5", "hawkes1", "sinusoid")
 
 
@@ -186,10 +188,7 @@ def plot_intensity(
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
+    save_figure_atomic(fig, path)
     plt.close(fig)
 
 
