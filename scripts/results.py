@@ -237,6 +237,8 @@ def render_tables(results: dict[tuple[str, str], list[dict[str, Any]]], agents: 
 
 def write_doc(doc: Path, block: str) -> None:
     """Replace the marked block of ``doc`` (or append one), atomically."""
+    from aaren_rl.files import write_text_atomic
+
     text = doc.read_text() if doc.exists() else "# Results\n"
     section = f"{BEGIN}\n{block}\n{END}"
     if BEGIN in text and END in text:
@@ -245,10 +247,7 @@ def write_doc(doc: Path, block: str) -> None:
         text = head + section + tail
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    tmp = doc.with_name(f".{doc.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, doc)
+    write_text_atomic(doc, text)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -37,8 +37,8 @@ def main() -> int:
     from aaren_rl.agents.evaluate_cli import normalized
     from aaren_rl.agents.rollout import evaluate_agent
     from aaren_rl.agents.trainer import write_json_atomic
-    from aaren_rl.data.make_dataset import write_text_atomic
     from aaren_rl.data.tasks import load_task
+    from aaren_rl.files import write_text_atomic
 
     clips = {"off": [False], "on": [True], "both": [False, True]}[args.clip]
     runs = sorted(args.root.glob("*/seed*/checkpoint.pt"))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from aaren_rl.cli import add_threads_argument, apply_threads
+from aaren_rl.files import save_figure_atomic
 
 DEFAULT_TASK = "hopper-medium-small"
 DEFAULT_OUT = Path("runs") / "demo"
@@ -118,10 +118,8 @@ def write_plot(path: Path, costs: dict[str, dict[str, Any]], title: str) -> Path
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    save_figure_atomic(fig, path)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

@@ -31,6 +31,7 @@ from aaren_rl.agents.trainer import (
 )
 from aaren_rl.cli import add_threads_argument, apply_threads
 from aaren_rl.config_values import show
+from aaren_rl.files import write_text_atomic
 from aaren_rl.training.loop import NonFiniteLossError
 
 AGENT_KEYS = ("name", "description", "model", "train", "protocols")
@@ -248,9 +249,7 @@ def run_training(
 
 
 def _write_yaml_atomic(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(yaml.safe_dump(payload, sort_keys=False))
-    os.replace(tmp, path)
+    write_text_atomic(path, yaml.safe_dump(payload, sort_keys=False))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

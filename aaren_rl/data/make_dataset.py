@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +43,9 @@ from aaren_rl.data.behaviour import (
     sb3_policy,
     uniform_policy,
 )
-from aaren_rl.data.d4rl_writer import default_file_mode, episode_bounds, write_d4rl
+from aaren_rl.data.d4rl_writer import episode_bounds, write_d4rl
 from aaren_rl.data.paths import data_dir
+from aaren_rl.files import write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -206,16 +206,6 @@ class Progress:
 
     def is_pending(self, path: Path) -> bool:
         return str(path.resolve()) in self.fields.get("pending", {})
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, default_file_mode())
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- the build
