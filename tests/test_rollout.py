@@ -243,6 +243,116 @@ def test_bad_arguments_are_clear_errors():
         evaluate_agent(torch.nn.Linear(2, 2), ENV, TARGET, n_episodes=1)
 
 
+# --------------------------------------------------------------------------- overlap
+FAIL_ENV = "aaren-rl-test/HopperFailsAtStep5-v0"
+
+
+class FailAtStep5(gym.Wrapper):
+    """Hopper whose simulator raises at the fifth step of the env seeded with 3."""
+
+    def reset(self, *, seed=None, options=None):
+        if seed is not None:
+            self.fails, self.t = seed == 3, 0
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, action):
+        self.t += 1
+        if self.fails and self.t == 5:
+            raise RuntimeError("the simulator broke")
+        return self.env.step(action)
+
+
+if FAIL_ENV not in gym.registry:
+    gym.register(FAIL_ENV, entry_point=lambda **kw: FailAtStep5(gym.make("Hopper-v5", **kw)))
+
+
+def _no_workers_left() -> bool:
+    import multiprocessing
+
+    return not [p for p in multiprocessing.active_children() if p.name.startswith("aaren-rl-envs")]
+
+
+@pytest.mark.parametrize(("n_envs", "n_workers"), [(4, 2), (5, 3)])
+def test_overlap_plays_exactly_the_episodes_of_sync(n_envs, n_workers):
+    """Worker groups stepped while the fast step runs on another group: every env plays the
+    same episodes, with bit-identical actions and returns, as in one synchronous vector env (the
+    numba step computes each row alike whatever the batch)."""
+    model = make_model()
+    kw = dict(n_episodes=8, n_envs=n_envs)
+    sync = rollout(model, **kw)
+    overlap = rollout(model, vectorization_mode="overlap", n_workers=n_workers, **kw)
+    assert overlap.episode_env.tolist() == sync.episode_env.tolist()
+    assert overlap.lengths.tolist() == sync.lengths.tolist()
+    assert len(set(sync.lengths.tolist())) > 1
+    np.testing.assert_array_equal(overlap.returns, sync.returns)
+    for a, b in zip(overlap.episodes, sync.episodes, strict=True):
+        assert a.env_index == b.env_index
+        np.testing.assert_array_equal(a.actions, b.actions)
+        np.testing.assert_array_equal(a.observations, b.observations)
+    assert overlap.state_bytes_per_env_max == sync.state_bytes_per_env_max
+    assert _no_workers_left()
+
+
+def test_overlap_with_a_pytorch_policy_plays_the_same_episodes_within_rounding():
+    """A policy on PyTorch's matmuls (here a KV-cache Transformer) rounds by batch size (MKL
+    picks kernels by shape), so the groups' actions equal sync's within float32 rounding."""
+    model = make_model(**BACKBONES["transformer-kv-full"])
+    sync = rollout(model, n_episodes=8, n_envs=4)
+    overlap = rollout(model, n_episodes=8, n_envs=4, vectorization_mode="overlap")
+    assert overlap.lengths.tolist() == sync.lengths.tolist()
+    np.testing.assert_allclose(overlap.returns, sync.returns, rtol=0, atol=1e-4)
+    for a, b in zip(overlap.episodes, sync.episodes, strict=True):
+        np.testing.assert_allclose(a.actions, b.actions, rtol=0, atol=1e-5)
+
+
+def test_split_groups_is_contiguous_and_balanced():
+    from aaren_rl.agents.overlap_envs import split_groups
+
+    assert split_groups(5, 2) == [(0, 3), (3, 5)]
+    assert split_groups(16, 2) == [(0, 8), (8, 16)]
+    assert split_groups(2, 4) == [(0, 1), (1, 2)]  # capped at one env per group
+    with pytest.raises(ValueError, match="n_workers >= 1"):
+        split_groups(4, 0)
+
+
+def test_overlap_worker_error_names_the_group_and_every_worker_ends():
+    from aaren_rl.agents.overlap_envs import WorkerError
+
+    model = make_model()
+    with pytest.raises(WorkerError, match=r"worker 1 \(envs 2 to 3\) failed(?s:.*)simulator broke"):
+        evaluate_agent(
+            model, FAIL_ENV, TARGET, n_episodes=8, n_envs=4, vectorization_mode="overlap"
+        )
+    assert _no_workers_left()
+
+
+def test_overlap_keyboard_interrupt_ends_every_worker(monkeypatch):
+    from aaren_rl.agents.fast_step import FastDecisionStep
+
+    calls = {"n": 0}
+    act = FastDecisionStep.act
+
+    def interrupted(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        return act(self, *args)
+
+    monkeypatch.setattr(FastDecisionStep, "act", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        rollout(make_model(), n_episodes=8, n_envs=4, vectorization_mode="overlap")
+    assert calls["n"] == 7
+    assert _no_workers_left()
+
+
+def test_overlap_bad_arguments_are_clear_errors():
+    model = make_model()
+    with pytest.raises(ValueError, match="vectorization_mode must be one of"):
+        rollout(model, vectorization_mode="threads")
+    with pytest.raises(ValueError, match="n_workers must be >= 1"):
+        rollout(model, vectorization_mode="overlap", n_workers=0)
+
+
 # --------------------------------------------------------------------------- evaluate CLI
 TASK = {
     "name": "hopper-test",
@@ -322,6 +432,23 @@ def test_evaluate_cli_reports_what_the_rollout_measures(checkpoint, tmp_path, ca
     np.testing.assert_allclose(
         reference["results"][0]["returns"], again["results"][0]["returns"], rtol=1e-4, atol=1e-4
     )
+
+
+def test_evaluate_cli_overlap_gives_the_sync_returns(checkpoint, tmp_path):
+    from aaren_rl.cli import main
+
+    _, path = checkpoint
+    argv = ["evaluate", str(path), "--episodes", "4", "--envs", "4", "--no-progress"]
+    reports = []
+    for name, extra in (
+        ("sync", []),
+        ("overlap", ["--vectorization", "overlap", "--workers", "2"]),
+    ):
+        out = tmp_path / f"{name}.json"
+        assert main([*argv, *extra, "--json", str(out), "--target-return", "3600"]) == 0
+        reports.append(json.loads(out.read_text()))
+    sync, overlap = (r["results"][0] for r in reports)
+    assert overlap["returns"] == sync["returns"] and overlap["lengths"] == sync["lengths"]
 
 
 def test_evaluate_cli_clip_return_needs_a_return_max(checkpoint, capsys):

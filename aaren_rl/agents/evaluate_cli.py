@@ -59,6 +59,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="step Aaren with the model's own act/observe_action instead of FastDecisionStep "
         "(same actions within float32 rounding, several times slower)",
     )
+    parser.add_argument(
+        "--vectorization",
+        choices=("sync", "async", "overlap"),
+        default="sync",
+        help="sync: one process; async: gymnasium's process per env; overlap: --workers "
+        "processes each stepping a group of the envs while the policy runs on another group "
+        "(same episodes as sync; see docs/performance.md)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes for --vectorization overlap (default: 2, or --envs if fewer)",
+    )
     add_threads_argument(parser)
     parser.add_argument(
         "--profile-steps",
@@ -167,6 +181,8 @@ def run(args: argparse.Namespace) -> int:
                 progress=not args.no_progress,
                 fast_step=not args.reference_step,
                 sample=args.sample,
+                vectorization_mode=args.vectorization,
+                n_workers=args.workers,
             )
             row = res.summary()
             scores = normalized(res.returns, task)

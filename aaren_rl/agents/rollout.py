@@ -31,12 +31,14 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from aaren_rl.nn.backbone import state_nbytes
 
 from .decision_model import DecisionModel, action_space_kind
 from .fast_step import FastDecisionStep, check_supported
+from .overlap_envs import BatchedWorkerEnvs
 from .step_checks import NonFiniteInputError, check_step_inputs
 
 
@@ -102,6 +104,9 @@ class RolloutResult:
             "state_bytes_per_env_last": self.state_bytes_per_env_last,
             "state_bytes_per_env_max": self.state_bytes_per_env_max,
         }
+
+
+VECTORIZATION_MODES = ("sync", "async", "overlap")
 
 
 def _unwrap(model: torch.nn.Module) -> DecisionModel:
@@ -182,6 +187,7 @@ def evaluate_agent(
     fast_step: bool = True,
     vectorization_mode: str = "sync",
     sample: bool = False,
+    n_workers: int | None = None,
 ) -> RolloutResult:
     """Play ``n_episodes`` episodes of ``env_id`` with ``n_envs`` environments side by side.
 
@@ -205,9 +211,13 @@ def evaluate_agent(
             instead of taking the argmax.
         fast_step: step an Aaren model with :class:`FastDecisionStep` (the same actions within
             float32 rounding, several times faster); False: the model's own ``act``.
-        vectorization_mode: ``"sync"`` (one process; measured the faster on one core for
-            MuJoCo: docs/performance.md) or ``"async"`` (a process per environment).
-
+        vectorization_mode: ``"sync"`` (one process), ``"async"`` (gymnasium's
+            ``AsyncVectorEnv``, a process per environment) or ``"overlap"``
+            (:class:`~aaren_rl.agents.overlap_envs.BatchedWorkerEnvs`: ``n_workers`` processes,
+            each stepping a group of the environments, and the policy of one group computed
+            while the others simulate; the same episodes and returns as ``"sync"``, faster
+            where a core would otherwise idle: docs/performance.md).
+        n_workers: ``"overlap"`` only: worker processes (groups), default ``min(2, n_envs)``.
     Raises:
         NonFiniteInputError: an observation, reward, return-to-go or action was NaN or inf; the
             message names ``env_id``, the env index and its step in the episode.
@@ -229,6 +239,7 @@ def evaluate_agent(
             fast_step=fast_step,
             vectorization_mode=vectorization_mode,
             sample=sample,
+            n_workers=n_workers,
         )
     except NonFiniteInputError as exc:
         raise NonFiniteInputError(
@@ -237,6 +248,191 @@ def evaluate_agent(
             env_index=exc.env_index,
             step=exc.step,
         ) from None
+
+
+class _Lane:
+    """The rollout bookkeeping of environments ``start:stop`` (one group), with its own policy
+    state: the model's step before a vector step (:meth:`act`), the returns, episode ends and
+    resets after it (:meth:`observe`). Episodes go to ``per_env`` by global env index."""
+
+    def __init__(self, run: _Run, start: int, stop: int) -> None:
+        self.run, self.start, self.stop = run, start, stop
+        n = stop - start
+        self.n = n
+        self.targets = run.targets[start:stop]
+        self.counts = np.zeros(n, dtype=np.int64)
+        self.buffers: list[dict[str, list]] = [_empty_buffer() for _ in range(n)]
+        self.rtg = np.full(n, run.target, dtype=np.float64)
+        self.timestep = np.zeros(n, dtype=np.int64)
+        self.ep_return = np.zeros(n, dtype=np.float64)
+        self.ep_length = np.zeros(n, dtype=np.int64)
+        self.pending_reset = np.zeros(n, dtype=bool)  # NEXT_STEP: next step() only resets
+        self.state = run.policy.initial_state(n, device=run.device)
+        self.obs: np.ndarray | None = None
+        self.stepping = np.ones(n, dtype=bool)
+
+    def active(self) -> bool:
+        return bool((self.counts < self.targets).any())
+
+    def _global(self, exc: NonFiniteInputError) -> NonFiniteInputError:
+        """``exc`` with the lane's row turned into the global env index."""
+        if self.start == 0:
+            return exc
+        row = exc.env_index
+        return NonFiniteInputError(
+            f"(env {self.start + row} is row {row} of the group of envs {self.start} to "
+            f"{self.stop - 1}) {exc}",
+            name=exc.name,
+            env_index=self.start + row,
+            step=exc.step,
+        )
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """The actions for ``obs [n, obs_dim]`` (the environments' format), state updated."""
+        run = self.run
+        self.obs = obs
+        t0 = time.perf_counter()
+        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=run.device)
+        t_t = torch.as_tensor(self.timestep, device=run.device)
+        rtg_t = torch.as_tensor(self.rtg, dtype=torch.float32, device=run.device)
+        try:
+            if run.discrete:
+                net = run.policy
+                action, self.state = net.act(obs_t, rtg_t, t_t, self.state, run.sample, run.gen)
+                self.state = net.observe_action(action, t_t, self.state)
+                action_np = action.float().cpu().numpy()
+                env_action = action_np.argmax(axis=1) + run.first_action
+            else:
+                action, self.state = run.policy.act(obs_t, rtg_t, t_t, self.state)
+                action = torch.maximum(torch.minimum(action.float(), run.high), run.low)
+                self.state = run.policy.observe_action(action, t_t, self.state)
+                action_np = env_action = action.cpu().numpy()
+        except NonFiniteInputError as exc:
+            raise self._global(exc) from None
+        run.model_ms.append((time.perf_counter() - t0) * 1e3)
+        run.note_bytes(round(state_nbytes(self.state) / self.n))
+        self.stepping = ~self.pending_reset  # envs whose step() is a real environment step
+        if run.record:
+            for i in np.flatnonzero(self.stepping & (self.counts < self.targets)):
+                buf = self.buffers[i]
+                buf["observations"].append(np.asarray(obs[i], dtype=np.float64))
+                buf["actions"].append(action_np[i])
+                buf["returns_to_go"].append(self.rtg[i])
+                buf["timesteps"].append(self.timestep[i])
+        return env_action
+
+    def observe(self, reward: Any, terminated: Any, truncated: Any) -> None:
+        """Book the vector step's results; reset the memory of rows that start an episode."""
+        run, stepping = self.run, self.stepping
+        reward = np.where(stepping, np.asarray(reward, dtype=np.float64), 0.0)
+        try:
+            check_step_inputs(self.timestep, reward=reward)
+        except NonFiniteInputError as exc:
+            raise self._global(exc) from None
+        self.ep_return += reward
+        self.ep_length += stepping
+        self.rtg -= reward
+        self.timestep += stepping
+        if run.record:
+            for i in np.flatnonzero(stepping & (self.counts < self.targets)):
+                self.buffers[i]["rewards"].append(reward[i])
+
+        done = stepping & (np.asarray(terminated) | np.asarray(truncated))
+        for i in np.flatnonzero(done):
+            if self.counts[i] >= self.targets[i]:
+                continue
+            rec = None
+            if run.record:
+                rec = _to_record(
+                    self.buffers[i], self.start + i, bool(terminated[i]), bool(truncated[i])
+                )
+            run.per_env[self.start + i].append(
+                (float(self.ep_return[i]), int(self.ep_length[i]), rec)
+            )
+            self.counts[i] += 1
+            run.bar.update(1)
+
+        if run.mode == AutoresetMode.NEXT_STEP:
+            new_episode = self.pending_reset.copy()
+            self.pending_reset = done
+        else:
+            new_episode = done
+        if new_episode.any():
+            self.state = run.policy.reset_state(
+                self.state, torch.as_tensor(new_episode, device=run.device)
+            )
+            self.rtg[new_episode] = run.target
+            self.timestep[new_episode] = 0
+            self.ep_return[new_episode] = 0.0
+            self.ep_length[new_episode] = 0
+            for i in np.flatnonzero(new_episode):
+                self.buffers[i] = _empty_buffer()
+
+
+@dataclass
+class _Run:
+    """What every lane of one evaluation shares (the policy, the action bounds, the results)."""
+
+    policy: Any
+    device: torch.device
+    target: float
+    targets: np.ndarray
+    mode: AutoresetMode
+    record: bool
+    discrete: bool
+    bar: Any
+    sample: bool = False
+    gen: torch.Generator | None = None
+    first_action: int = 0
+    low: Tensor | None = None
+    high: Tensor | None = None
+    per_env: list[list[tuple[float, int, EpisodeRecord | None]]] = field(default_factory=list)
+    model_ms: list[float] = field(default_factory=list)
+    env_ms: list[float] = field(default_factory=list)
+    bytes_first: int | None = None
+    bytes_last: int | None = None
+    bytes_max: int | None = None
+
+    def note_bytes(self, nbytes: int) -> None:
+        self.bytes_first = nbytes if self.bytes_first is None else self.bytes_first
+        self.bytes_last = nbytes
+        self.bytes_max = nbytes if self.bytes_max is None else max(self.bytes_max, nbytes)
+
+
+def _run_sync(envs: gym.vector.VectorEnv, run: _Run, seed: int) -> None:
+    """One lane over the in-process (or gymnasium async) vector env: policy, then simulator."""
+    lane = _Lane(run, 0, envs.num_envs)
+    obs, _ = envs.reset(seed=seed)
+    while lane.active():
+        action = lane.act(obs)
+        t1 = time.perf_counter()
+        obs, reward, terminated, truncated, _ = envs.step(action)
+        run.env_ms.append((time.perf_counter() - t1) * 1e3)
+        lane.observe(reward, terminated, truncated)
+
+
+def _run_overlap(pool: BatchedWorkerEnvs, run: _Run, seed: int) -> None:
+    """One lane per worker group; group k's policy runs while the other groups simulate.
+
+    ``env_ms`` records the time spent waiting for a group's step (what the overlap did not
+    hide), not the simulator's own time.
+    """
+    lanes = [_Lane(run, start, stop) for start, stop in pool.groups]
+    for k, obs in enumerate(pool.reset(seed=seed)):
+        pool.step_async(k, lanes[k].act(obs))
+    running = [True] * len(lanes)
+    while any(running):
+        for k, lane in enumerate(lanes):
+            if not running[k]:
+                continue
+            t1 = time.perf_counter()
+            obs, reward, terminated, truncated = pool.step_wait(k)
+            run.env_ms.append((time.perf_counter() - t1) * 1e3)
+            lane.observe(reward, terminated, truncated)
+            if lane.active():
+                pool.step_async(k, lane.act(obs))
+            else:
+                running[k] = False
 
 
 def _evaluate(
@@ -256,16 +452,28 @@ def _evaluate(
     fast_step: bool,
     vectorization_mode: str,
     sample: bool,
+    n_workers: int | None,
 ) -> RolloutResult:
     net = _unwrap(model)
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
     if n_envs < 1:
         raise ValueError(f"n_envs must be >= 1, got {n_envs}")
+    if vectorization_mode not in VECTORIZATION_MODES:
+        raise ValueError(
+            f"vectorization_mode must be one of {VECTORIZATION_MODES}, got {vectorization_mode!r}"
+        )
     if sample and not net.discrete:
         raise ValueError(
             "sample=True (--sample) draws discrete actions; this model has continuous actions"
         )
+    if sample and vectorization_mode == "overlap":
+        raise ValueError(
+            "sample=True draws from one generator in step order, which the overlapped groups "
+            "change; use vectorization_mode 'sync' or 'async' to sample"
+        )
+    if n_workers is not None and n_workers < 1:
+        raise ValueError(f"n_workers must be >= 1, got {n_workers}")
     n_envs = min(n_envs, n_episodes)
     mode = _autoreset_mode(autoreset_mode)
     if device is not None:
@@ -276,118 +484,53 @@ def _evaluate(
     if max_episode_steps is not None:
         make_kwargs["max_episode_steps"] = int(max_episode_steps)
 
-    envs = gym.make_vec(
-        env_id,
-        num_envs=n_envs,
-        vectorization_mode=vectorization_mode,
-        vector_kwargs={"autoreset_mode": mode},
-        **make_kwargs,
-    )
+    if vectorization_mode == "overlap":
+        workers = n_workers or min(2, n_envs)
+        envs = BatchedWorkerEnvs(
+            env_id, n_envs, workers, make_kwargs, vector_kwargs={"autoreset_mode": mode}
+        )
+    else:
+        envs = gym.make_vec(
+            env_id,
+            num_envs=n_envs,
+            vectorization_mode=vectorization_mode,
+            vector_kwargs={"autoreset_mode": mode},
+            **make_kwargs,
+        )
     was_training = net.training
     net.eval()
     try:
         _check_spaces(envs, net, env_id)
-        policy = rollout_policy(net, fast_step)  # a discrete model: the model itself
         act_space = envs.single_action_space
+        run = _Run(
+            policy=rollout_policy(net, fast_step),  # a discrete model: the model itself
+            device=device,
+            target=target,
+            targets=np.array([(n_episodes + i) // n_envs for i in range(n_envs)]),
+            mode=mode,
+            record=record,
+            discrete=net.discrete,
+            bar=tqdm(total=n_episodes, desc=f"eval {env_id}", unit="ep", disable=not progress),
+            sample=sample,
+            per_env=[[] for _ in range(n_envs)],
+        )
         if net.discrete:
-            generator = torch.Generator(device=device).manual_seed(seed) if sample else None
-            first_action = int(act_space.start)
+            run.gen = torch.Generator(device=device).manual_seed(seed) if sample else None
+            run.first_action = int(act_space.start)
         else:
-            low = torch.as_tensor(act_space.low, dtype=torch.float32, device=device)
-            high = torch.as_tensor(act_space.high, dtype=torch.float32, device=device)
-        targets = np.array([(n_episodes + i) // n_envs for i in range(n_envs)])
-        counts = np.zeros(n_envs, dtype=np.int64)
-        per_env: list[list[tuple[float, int, EpisodeRecord | None]]] = [[] for _ in range(n_envs)]
-        buffers: list[dict[str, list]] = [_empty_buffer() for _ in range(n_envs)]
-
-        rtg = np.full(n_envs, target, dtype=np.float64)
-        timestep = np.zeros(n_envs, dtype=np.int64)
-        ep_return = np.zeros(n_envs, dtype=np.float64)
-        ep_length = np.zeros(n_envs, dtype=np.int64)
-        pending_reset = np.zeros(n_envs, dtype=bool)  # NEXT_STEP: next step() only resets
-        model_ms: list[float] = []
-        env_ms: list[float] = []
-        bytes_first = bytes_last = bytes_max = None
-
-        obs, _ = envs.reset(seed=seed)
+            run.low = torch.as_tensor(act_space.low, dtype=torch.float32, device=device)
+            run.high = torch.as_tensor(act_space.high, dtype=torch.float32, device=device)
         with torch.inference_mode():
-            state = policy.initial_state(n_envs, device=device)
-            bar = tqdm(total=n_episodes, desc=f"eval {env_id}", unit="ep", disable=not progress)
-            while (counts < targets).any():
-                t0 = time.perf_counter()
-                obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
-                t_t = torch.as_tensor(timestep, device=device)
-                rtg_t = torch.as_tensor(rtg, dtype=torch.float32, device=device)
-                if net.discrete:
-                    action, state = net.act(obs_t, rtg_t, t_t, state, sample, generator)
-                    state = net.observe_action(action, t_t, state)
-                    action_np = action.float().cpu().numpy()
-                    env_action = action_np.argmax(axis=1) + first_action
-                else:
-                    action, state = policy.act(obs_t, rtg_t, t_t, state)
-                    action = torch.maximum(torch.minimum(action.float(), high), low)
-                    state = policy.observe_action(action, t_t, state)
-                    action_np = env_action = action.cpu().numpy()
-                model_ms.append((time.perf_counter() - t0) * 1e3)
-
-                nbytes = round(state_nbytes(state) / n_envs)
-                bytes_first = nbytes if bytes_first is None else bytes_first
-                bytes_last = nbytes
-                bytes_max = nbytes if bytes_max is None else max(bytes_max, nbytes)
-
-                stepping = ~pending_reset  # envs whose step() is a real environment step
-                if record:
-                    for i in np.flatnonzero(stepping & (counts < targets)):
-                        buf = buffers[i]
-                        buf["observations"].append(np.asarray(obs[i], dtype=np.float64))
-                        buf["actions"].append(action_np[i])
-                        buf["returns_to_go"].append(rtg[i])
-                        buf["timesteps"].append(timestep[i])
-
-                t1 = time.perf_counter()
-                obs, reward, terminated, truncated, _ = envs.step(env_action)
-                env_ms.append((time.perf_counter() - t1) * 1e3)
-
-                reward = np.where(stepping, np.asarray(reward, dtype=np.float64), 0.0)
-                check_step_inputs(timestep, reward=reward)
-                ep_return += reward
-                ep_length += stepping
-                rtg -= reward
-                timestep += stepping
-                if record:
-                    for i in np.flatnonzero(stepping & (counts < targets)):
-                        buffers[i]["rewards"].append(reward[i])
-
-                done = stepping & (np.asarray(terminated) | np.asarray(truncated))
-                for i in np.flatnonzero(done):
-                    if counts[i] >= targets[i]:
-                        continue
-                    rec = None
-                    if record:
-                        rec = _to_record(buffers[i], i, bool(terminated[i]), bool(truncated[i]))
-                    per_env[i].append((float(ep_return[i]), int(ep_length[i]), rec))
-                    counts[i] += 1
-                    bar.update(1)
-
-                if mode == AutoresetMode.NEXT_STEP:
-                    new_episode = pending_reset.copy()
-                    pending_reset = done
-                else:
-                    new_episode = done
-                if new_episode.any():
-                    state = policy.reset_state(state, torch.as_tensor(new_episode, device=device))
-                    rtg[new_episode] = target
-                    timestep[new_episode] = 0
-                    ep_return[new_episode] = 0.0
-                    ep_length[new_episode] = 0
-                    for i in np.flatnonzero(new_episode):
-                        buffers[i] = _empty_buffer()
-            bar.close()
+            if vectorization_mode == "overlap":
+                _run_overlap(envs, run, seed)
+            else:
+                _run_sync(envs, run, seed)
+        run.bar.close()
     finally:
         envs.close()
         net.train(was_training)
 
-    flat = [(i, ret, n, rec) for i in range(n_envs) for (ret, n, rec) in per_env[i]]
+    flat = [(i, ret, n, rec) for i in range(n_envs) for (ret, n, rec) in run.per_env[i]]
     returns = np.array([ret for _, ret, _, _ in flat], dtype=np.float64)
     return RolloutResult(
         target_return=target,
@@ -397,12 +540,12 @@ def _evaluate(
         episode_env=np.array([i for i, _, _, _ in flat], dtype=np.int64),
         mean_return=float(returns.mean()),
         std_return=float(returns.std()),
-        step_latency_ms=float(np.median(model_ms)),
-        env_step_latency_ms=float(np.median(env_ms)),
-        state_bytes_per_env_first=int(bytes_first),
-        state_bytes_per_env_last=int(bytes_last),
-        state_bytes_per_env_max=int(bytes_max),
-        latency_ms_by_step=np.asarray(model_ms),
+        step_latency_ms=float(np.median(run.model_ms)),
+        env_step_latency_ms=float(np.median(run.env_ms)),
+        state_bytes_per_env_first=int(run.bytes_first),
+        state_bytes_per_env_last=int(run.bytes_last),
+        state_bytes_per_env_max=int(run.bytes_max),
+        latency_ms_by_step=np.asarray(run.model_ms),
         episodes=[rec for _, _, _, rec in flat] if record else None,
     )
 
