@@ -67,7 +67,7 @@ FULL = dict(
     chunks=(16, 32, 64, 128, 256),
     train_repeats=2,
     eval_steps=100_000,
-    eval_modes=(("sync", 1), ("sync", 16), ("async", 2), ("async", 16)),
+    eval_modes=(("sync", 1), ("sync", 16), ("async", 2), ("async", 16), ("overlap", 16)),
     rounds=3,
     block_seconds=1.0,
 )
@@ -82,7 +82,7 @@ QUICK = dict(
     chunks=(16, 64),
     train_repeats=1,
     eval_steps=300,
-    eval_modes=(("sync", 1), ("sync", 2)),
+    eval_modes=(("sync", 1), ("sync", 2), ("overlap", 2)),
     rounds=2,
     block_seconds=0.05,
 )
@@ -105,6 +105,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing results")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--eval-workers",
+        type=int,
+        default=2,
+        help="worker processes of the overlapped evaluation (2: one per core here)",
+    )
     add_threads_argument(parser, default=1)
 
 
@@ -395,85 +401,123 @@ def best_aaren(training: list[dict[str, Any]], length: int) -> dict[str, Any] | 
 
 
 # --------------------------------------------------------------------------- evaluation
+class _Group:
+    """The bookkeeping of one group of environments in an evaluation loop: each row's
+    return-to-go and timestep, the NextStep autoreset, its policy state (None: random actions,
+    the simulator alone)."""
+
+    def __init__(self, policy, n: int, seed: int) -> None:
+        self.policy, self.n = policy, n
+        rng = np.random.default_rng(seed)
+        self.random_actions = rng.uniform(-1, 1, size=(1024, n, ACT_DIM)).astype(np.float32)
+        self.rtg = np.full(n, 3600.0, dtype=np.float32)
+        self.timestep = np.zeros(n, dtype=np.int64)
+        self.pending_reset = np.zeros(n, dtype=bool)
+        self.state = policy.initial_state(n) if policy is not None else None
+        self.i = 0
+
+    def actions(self, obs: np.ndarray) -> np.ndarray:
+        if self.policy is None:
+            return self.random_actions[self.i % 1024]
+        t = torch.from_numpy(self.timestep)
+        action, self.state = self.policy.act(
+            torch.from_numpy(obs.astype(np.float32)), torch.from_numpy(self.rtg), t, self.state
+        )
+        action = action.clamp(-1.0, 1.0)
+        self.state = self.policy.observe_action(action, t, self.state)
+        return action.numpy()
+
+    def observe(self, reward, terminated, truncated) -> int:
+        """Book one vector step; the number of real env-steps in it."""
+        stepping = ~self.pending_reset
+        self.rtg -= np.where(stepping, reward, 0.0).astype(np.float32)
+        self.timestep += stepping
+        done = stepping & (terminated | truncated)
+        new_episode, self.pending_reset = self.pending_reset, done  # AutoresetMode.NEXT_STEP
+        if new_episode.any():
+            if self.policy is not None:
+                self.state = self.policy.reset_state(self.state, torch.from_numpy(new_episode))
+            self.rtg[new_episode] = 3600.0
+            self.timestep[new_episode] = 0
+        self.i += 1
+        return int(stepping.sum())
+
+
 def _episode_loop(envs, policy, n_steps: int, seed: int) -> float:
     """Wall seconds for ``n_steps`` env-steps (all environments together) with ``policy``
     (None: random actions, the simulator alone), resetting rows at episode ends."""
-    from gymnasium.vector import AutoresetMode
-
-    n = envs.num_envs
-    rng = np.random.default_rng(seed)
-    random_actions = rng.uniform(-1, 1, size=(1024, n, ACT_DIM)).astype(np.float32)
+    group = _Group(policy, envs.num_envs, seed)
     obs, _ = envs.reset(seed=seed)
-    rtg = np.full(n, 3600.0, dtype=np.float32)
-    timestep = np.zeros(n, dtype=np.int64)
-    pending_reset = np.zeros(n, dtype=bool)
-    state = policy.initial_state(n) if policy is not None else None
     done_steps = 0
-    i = 0
     start = time.perf_counter()
     while done_steps < n_steps:
-        if policy is not None:
-            t = torch.from_numpy(timestep)
-            action, state = policy.act(
-                torch.from_numpy(obs.astype(np.float32)), torch.from_numpy(rtg), t, state
-            )
-            action = action.clamp(-1.0, 1.0)
-            state = policy.observe_action(action, t, state)
-            action = action.numpy()
-        else:
-            action = random_actions[i % 1024]
-        obs, reward, terminated, truncated, _ = envs.step(action)
-        stepping = ~pending_reset
-        done_steps += int(stepping.sum())
-        rtg -= np.where(stepping, reward, 0.0).astype(np.float32)
-        timestep += stepping
-        done = stepping & (terminated | truncated)
-        if getattr(envs, "autoreset_mode", AutoresetMode.NEXT_STEP) == AutoresetMode.NEXT_STEP:
-            new_episode, pending_reset = pending_reset, done
-        else:  # pragma: no cover - the default mode is NEXT_STEP
-            new_episode = done
-        if new_episode.any():
-            if policy is not None:
-                state = policy.reset_state(state, torch.from_numpy(new_episode))
-            rtg[new_episode] = 3600.0
-            timestep[new_episode] = 0
-        i += 1
+        obs, reward, terminated, truncated, _ = envs.step(group.actions(obs))
+        done_steps += group.observe(reward, terminated, truncated)
+    return time.perf_counter() - start
+
+
+def _overlap_loop(pool, policy, n_steps: int, seed: int) -> float:
+    """:func:`_episode_loop` over :class:`~aaren_rl.agents.overlap_envs.BatchedWorkerEnvs`:
+    group k's policy runs while the other groups simulate (one policy state per group)."""
+    groups = [_Group(policy, stop - start, seed + start) for start, stop in pool.groups]
+    first = pool.reset(seed=seed)
+    done_steps = 0
+    start = time.perf_counter()
+    for k, group in enumerate(groups):
+        pool.step_async(k, group.actions(first[k]))
+    while done_steps < n_steps:
+        for k, group in enumerate(groups):
+            obs, reward, terminated, truncated = pool.step_wait(k)
+            done_steps += group.observe(reward, terminated, truncated)
+            pool.step_async(k, group.actions(obs))
+    for k in range(len(groups)):  # the steps in flight count too
+        _, reward, terminated, truncated = pool.step_wait(k)
+        done_steps += groups[k].observe(reward, terminated, truncated)
     return time.perf_counter() - start
 
 
 def measure_evaluation(
-    cfg: dict, seed: int, n_steps: int, log: Callable[[str], None]
+    cfg: dict, seed: int, n_steps: int, log: Callable[[str], None], workers: int = 2
 ) -> list[dict[str, Any]]:
-    """Wall time of ``n_steps`` Hopper-v5 env-steps: simulator alone, and with the policy."""
+    """Wall time of ``n_steps`` Hopper-v5 env-steps: the simulator alone (at batch 1, and on
+    the overlap's worker processes), and with the policy in each vectorization mode."""
     import gymnasium as gym
 
+    from aaren_rl.agents.overlap_envs import BatchedWorkerEnvs
     from aaren_rl.agents.rollout import rollout_policy
 
     agents = make_agents(seed)
     policy = rollout_policy(agents["aaren-reference"])
     records = []
+    overlap_n = max((n for mode, n in cfg["eval_modes"] if mode == "overlap"), default=None)
     with torch.inference_mode():
         runs: list[tuple[str, str, int, Any]] = [("simulator-alone", "single", 1, None)]
+        if overlap_n is not None:
+            runs.append(("simulator-alone", "overlap", overlap_n, None))
         runs += [("aaren-fast", mode, n, policy) for mode, n in cfg["eval_modes"]]
         for label, mode, n, pol in runs:
-            if mode == "single":
-                envs = gym.make_vec(ENV_ID, num_envs=1, vectorization_mode="sync")
+            n_workers = min(workers, n) if mode == "overlap" else None
+            if mode == "overlap":
+                envs = BatchedWorkerEnvs(ENV_ID, n, n_workers)
             else:
-                envs = gym.make_vec(ENV_ID, num_envs=n, vectorization_mode=mode)
+                vec = "sync" if mode == "single" else mode
+                envs = gym.make_vec(ENV_ID, num_envs=n, vectorization_mode=vec)
             try:
-                seconds = _episode_loop(envs, pol, n_steps, seed)
+                loop = _overlap_loop if mode == "overlap" else _episode_loop
+                seconds = loop(envs, pol, n_steps, seed)
             finally:
                 envs.close()
             rec = {
                 "run": label,
                 "vectorization": mode,
                 "n_envs": n,
+                "workers": n_workers,
                 "env_steps": n_steps,
                 "seconds": seconds,
                 "us_per_env_step": seconds / n_steps * 1e6,
             }
             records.append(rec)
-            log(f"evaluation {label:16s} {mode:6s} n={n:3d}: {seconds:.2f} s")
+            log(f"evaluation {label:16s} {mode:7s} n={n:3d} workers={n_workers}: {seconds:.2f} s")
     return records
 
 
@@ -591,12 +635,23 @@ def claims(results: dict) -> dict[str, Any]:
                 )
         out["best_chunk_by_T"] = {r["T"]: best_aaren(training, r["T"])["chunk"] for r in training}
     ev = results.get("evaluation", [])
-    sim = next((r for r in ev if r["run"] == "simulator-alone"), None)
+    sim = next(
+        (r for r in ev if r["run"] == "simulator-alone" and r["vectorization"] == "single"), None
+    )
     runs = [r for r in ev if r["run"] != "simulator-alone"]
     if sim and runs:
         fastest = min(runs, key=lambda r: r["seconds"])
         out["eval_fastest"] = f"{fastest['vectorization']} x{fastest['n_envs']}"
         out["eval_over_simulator"] = fastest["seconds"] / sim["seconds"]
+        sim_workers = next(
+            (r for r in ev if r["run"] == "simulator-alone" and r["vectorization"] == "overlap"),
+            None,
+        )
+        overlap = next((r for r in runs if r["vectorization"] == "overlap"), None)
+        if sim_workers and overlap:
+            out["eval_overlap_over_simulator_on_same_workers"] = (
+                overlap["seconds"] / sim_workers["seconds"]
+            )
     return out
 
 
@@ -689,6 +744,7 @@ def markdown(results: dict) -> str:
                 r["run"],
                 r["vectorization"],
                 str(r["n_envs"]),
+                str(r.get("workers") or "-"),
                 f"{r['env_steps']:,}",
                 f"{r['seconds']:.2f}",
                 f"{r['us_per_env_step']:.1f}",
@@ -699,7 +755,9 @@ def markdown(results: dict) -> str:
             f"## Evaluation on {ENV_ID}: wall time",
             "",
             "```",
-            format_table(["run", "vector env", "envs", "env-steps", "s", "µs / env-step"], rows),
+            format_table(
+                ["run", "vector env", "envs", "workers", "env-steps", "s", "µs / env-step"], rows
+            ),
             "```",
             "",
         ]
@@ -839,7 +897,9 @@ def run(args: argparse.Namespace) -> int:
     if "training" not in skip:
         results["training"] = measure_training(cfg, args.seed, log)
     if "evaluation" not in skip:
-        results["evaluation"] = measure_evaluation(cfg, args.seed, n_eval, log)
+        results["evaluation"] = measure_evaluation(
+            cfg, args.seed, n_eval, log, workers=args.eval_workers
+        )
     results["claims"] = claims(results)
     text = markdown(results)
     write_atomic(json_path, (json.dumps(results, indent=1, default=str) + "\n").encode())

@@ -229,3 +229,30 @@ def test_non_finite_inputs_name_the_env_and_step_like_the_reference(backend, bad
         assert (info.value.name, info.value.env_index, info.value.step) == (bad, 1, 7)
         messages.append(str(info.value))
     assert messages[0] == messages[1]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_refused_inputs_leave_the_state_as_it_was(backend):
+    """A NaN observation or action, or a negative timestep, is refused before the memory or
+    the pending action changes: the rollout can go on from the same state."""
+    model = make_model()
+    fast = FastDecisionStep(model, backend=backend)
+    obs, rtg, t = torch.randn(2, OBS_DIM), torch.full((2,), 100.0), torch.tensor([3, 5])
+    with torch.inference_mode():
+        state = fast.initial_state(2)
+        action, state = fast.act(obs, rtg, t, state)
+        state = fast.observe_action(action, t, state)
+        before = [x.clone() for x in state]
+        bad_obs = obs.clone()
+        bad_obs[1, 4] = float("nan")
+        bad_action = action.clone()
+        bad_action[0, 1] = float("inf")
+        for call in (
+            lambda: fast.act(bad_obs, rtg, t + 1, state),
+            lambda: fast.act(obs, rtg, torch.tensor([4, -1]), state),
+            lambda: fast.observe_action(bad_action, t, state),
+        ):
+            with pytest.raises(ValueError):
+                call()
+            for x, y in zip(state, before, strict=True):
+                torch.testing.assert_close(x, y, rtol=0, atol=0)

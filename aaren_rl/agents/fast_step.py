@@ -205,17 +205,16 @@ def fuse_weights(model: DecisionModel) -> FusedWeights:
 
 def _cpu_array(x: Any, dtype: Any) -> np.ndarray:
     """``x`` (tensor, array or list) as a C-contiguous numpy array of ``dtype`` (None: its own),
-    sharing memory where it can."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach()
-        if x.device.type != "cpu":
-            x = x.cpu()
-        a = x.numpy()
+    sharing memory where it can (a CPU tensor or array of that dtype: no copy)."""
+    if type(x) is torch.Tensor and x.device.type == "cpu" and not x.requires_grad:
+        a = x.numpy()  # the common case first: a few hundred ns
+    elif isinstance(x, torch.Tensor):
+        a = x.detach().cpu().numpy()
     else:
         a = np.asarray(x)
     if dtype is not None and a.dtype != dtype:
         a = a.astype(dtype)
-    return np.ascontiguousarray(a)
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
 def _causal_bias(n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -352,14 +351,25 @@ class FastDecisionStep:
         return b
 
     def _timestep_array(self, timestep: Any, batch: int) -> np.ndarray:
+        """``timestep`` as int64 numpy ``[batch]``; the kernel refuses negative values (status
+        2) and clamps at ``max_timestep - 1``."""
         t = _cpu_array(timestep, None)
         if t.shape != (batch,):
             raise ValueError(f"timestep has shape {tuple(t.shape)}; expected ({batch},)")
-        if t.dtype.kind not in "iu":
-            raise TypeError("timestep must be an integer tensor (torch.long)")
-        if (t[0] < 0 if batch == 1 else batch and t.min() < 0) and t.dtype.kind == "i":
+        if t.dtype != np.int64:
+            if t.dtype.kind not in "iu":
+                raise TypeError("timestep must be an integer tensor (torch.long)")
+            t = t.astype(np.int64)
+        return t
+
+    @staticmethod
+    def _refuse(status: int, timestep: np.ndarray, **inputs: np.ndarray) -> None:
+        """Raise the error for a kernel's refusal (status 2: a negative timestep; 1: a NaN or
+        inf, named by the shared boundary check)."""
+        if status == 2:
             raise ValueError("timestep must be >= 0")
-        return t.astype(np.int64, copy=False)  # the kernel clamps at max_timestep - 1
+        check_step_inputs(timestep, **inputs)
+        raise AssertionError(f"the fast step refused finite inputs (status {status})")
 
     def act(
         self,
@@ -370,17 +380,19 @@ class FastDecisionStep:
     ) -> tuple[Tensor, FastState]:
         """``DecisionModel.act``: ``observation [B, obs_dim]``, ``return_to_go [B]`` (unscaled),
         ``timestep [B]`` -> ``(action [B, act_dim], state)``; the state is updated in place."""
-        if self._native is not None:  # CPU: checks and conversions on numpy, one kernel call
+        if self._native is not None:  # CPU: shapes here, one kernel call checks and steps
             obs_np = _cpu_array(observation, np.float32)
             rtg_np = _cpu_array(return_to_go, np.float32)
             b = self._check_obs_rtg(obs_np.shape, rtg_np.shape)
             t_np = self._timestep_array(timestep, b)
-            if not np.isfinite(obs_np.sum() + rtg_np.sum()):  # cheap test; the full one names
-                check_step_inputs(t_np, observation=obs_np, return_to_go=rtg_np)
             if state is None:
                 state = self.initial_state(b)
             self._check_state(state, b)
-            return self._native.act(obs_np, rtg_np, t_np, state), state
+            # the kernel tests every input (NaN/inf, t < 0) before it touches the state
+            action, status = self._native.act(obs_np, rtg_np, t_np, state)
+            if status:
+                self._refuse(status, t_np, observation=obs_np, return_to_go=rtg_np)
+            return action, state
         obs = torch.as_tensor(observation, device=self.device, dtype=self.dtype)
         if obs.dim() != 2 or obs.shape[1] != self.obs_dim:
             raise ValueError(
@@ -410,12 +422,9 @@ class FastDecisionStep:
                 )
             self._check_state(state, b)
             t_np = self._timestep_array(timestep, b)
-            if not np.isfinite(a_np.sum()):
-                check_step_inputs(t_np, action=a_np)
-            views = self._native.views(state)
-            views[3][:] = a_np
-            views[4][:] = t_np
-            views[5][:] = True
+            status = self._native.observe(a_np, t_np, state)  # checked, then written
+            if status:
+                self._refuse(status, t_np, action=a_np)
             return state
         a = torch.as_tensor(action, device=self.device, dtype=self.dtype)
         b = state.has_pending.shape[0]
