@@ -523,18 +523,22 @@ def measure_evaluation(
 
 # --------------------------------------------------------------------------- profile
 def measure_profile(seed: int) -> dict[str, Any]:
-    """Where the fast step's time goes: the numba kernel against the wrapper at one row, and
-    the matrix-multiply floor at 64 (MACs per env over MKL's measured rate at those shapes)."""
+    """Where the fast step's time goes: the numba kernel against the wrapper at one row, the
+    kernel's phases at 1 and 64 rows, and the matrix-multiply floor at 64 (multiply-adds per
+    env step over MKL's measured rate at the feed-forward's shapes)."""
     from aaren_rl.agents import fast_step_numba
 
     out: dict[str, Any] = {}
     agents = make_agents(seed)
     fast = agents.get("aaren-fast-numba")
-    d, f, layers = 128, 512, 3
-    # per env step: 3 tokens x 3 layers of score+value; feed-forward at every token but the
-    # last layer's R_t and a_{t-1}
-    macs = 3 * layers * (d + 1) * d + (3 * (layers - 1) + 1) * 2 * d * f + ACT_DIM * d
+    d, f, layers, rows = 128, 512, 3, 129
+    # per env step: 3 tokens x 3 layers of score+value, layer 0's from the folded tables
+    # (rows x (obs + act + 1 return) multiply-adds); feed-forward at every token but the last
+    # layer's R_t and a_{t-1}; the action head
+    first = rows * (OBS_DIM + ACT_DIM + 1)
+    macs = 3 * (layers - 1) * rows * d + first + (3 * (layers - 1) + 1) * 2 * d * f + ACT_DIM * d
     out["macs_per_env_step"] = macs
+    out["macs_per_env_step_unfolded"] = macs - first + 3 * rows * d
     with torch.inference_mode():
         x = torch.randn(192, d)
         w1, w2 = torch.randn(f, d), torch.randn(d, f)
@@ -550,12 +554,22 @@ def measure_profile(seed: int) -> dict[str, Any]:
         out["mkl_macs_per_second"] = mkl
         out["matmul_floor_us_per_env"] = macs / mkl * 1e6
         if fast is not None:
+            nat = fast._native
+            out["phases_us_per_env"] = {}
+            for n_envs in (1, 64):
+                state = fast.initial_state(n_envs)
+                obs, rtg = _inputs(n_envs, seed)
+                t = np.full(n_envs, 25, dtype=np.int64)
+                args = (nat, obs.numpy(), rtg.numpy(), t, state)
+                fast_step_numba.profile_phases(*args, reps=3)  # warm
+                phases = fast_step_numba.profile_phases(*args, reps=200 if n_envs == 1 else 40)
+                out["phases_us_per_env"][n_envs] = {
+                    k: v / n_envs * 1e6 for k, v in sorted(phases.items(), key=lambda kv: -kv[1])
+                }
             state = fast.initial_state(1)
             obs, rtg = _inputs(1, seed)
-            ts = torch.zeros(1, dtype=torch.long)
-            nat = fast._native
-            x_, xs, sv, o, hid, y, idx = nat.scratch(1)
-            args = (
+            ts = torch.full((1,), 25, dtype=torch.long)
+            kernel_args = (
                 nat.ints,
                 nat.floats,
                 nat.flat,
@@ -563,25 +577,14 @@ def measure_profile(seed: int) -> dict[str, Any]:
                 obs.numpy(),
                 rtg.numpy(),
                 ts.numpy(),
-                state.m.numpy(),
-                state.u.numpy(),
-                state.w.numpy(),
-                state.pending_action.numpy(),
-                state.pending_t.numpy(),
-                state.has_pending.numpy(),
-                x_,
-                xs,
-                sv,
-                o,
-                hid,
-                y,
-                idx,
+                *nat.views(state),
+                *nat.scratch(1),
             )
             kernel, whole = [], []
             for _ in range(400):
                 state.has_pending.fill_(True)
                 t0 = time.perf_counter()
-                fast_step_numba.step(*args)
+                fast_step_numba.step(*kernel_args)
                 kernel.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 a, state = fast.act(obs, rtg, ts, state)
@@ -766,15 +769,24 @@ def markdown(results: dict) -> str:
         lines += [
             "## Profile of the fast step",
             "",
-            f"- {prof['macs_per_env_step']:,} multiply-adds per env step; MKL's matmul at these "
-            f"shapes runs {prof['mkl_macs_per_second'] / 1e9:.1f} GMAC/s on this thread, a floor "
-            f"of {prof['matmul_floor_us_per_env']:.1f} µs per env for the matmuls alone.",
+            f"- {prof['macs_per_env_step']:,} multiply-adds per env step "
+            f"({prof.get('macs_per_env_step_unfolded', 0):,} before layer 0 was folded); MKL's "
+            f"matmul at the feed-forward's shapes runs {prof['mkl_macs_per_second'] / 1e9:.1f} "
+            f"GMAC/s on this thread, a floor of {prof['matmul_floor_us_per_env']:.1f} µs per env "
+            "for the matmuls alone.",
         ]
+        for n_envs, phases in (prof.get("phases_us_per_env") or {}).items():
+            total = sum(phases.values())
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in phases.items())
+            lines.append(
+                f"- kernel phases at {n_envs} env(s), µs per env (sum {total:.2f}; one Python "
+                f"call per phase): {parts}."
+            )
         if "batch1_kernel_us" in prof:
             lines.append(
                 f"- batch 1: the numba kernel takes {prof['batch1_kernel_us']:.1f} µs of the "
                 f"{prof['batch1_act_observe_us']:.1f} µs of act + observe_action (the rest: "
-                "input checks and tensor/array conversion)."
+                "the Python wrapper: shape checks, tensor/array views, the returned tensor)."
             )
         lines.append("")
     lines += ["## Targets", "", "```", json.dumps(results.get("claims", {}), indent=1), "```", ""]
