@@ -456,6 +456,20 @@ def _episode_loop(envs, policy, n_steps: int, seed: int) -> float:
     return time.perf_counter() - start
 
 
+def _plain_loop(env, n_steps: int, seed: int) -> float:
+    """Wall seconds for ``n_steps`` steps of one plain ``gym.make`` env (no vector wrapper) with
+    random actions, reset at each episode end: the simulator alone at its cheapest."""
+    rng = np.random.default_rng(seed)
+    actions = rng.uniform(-1, 1, size=(1024, ACT_DIM)).astype(np.float32)
+    env.reset(seed=seed)
+    start = time.perf_counter()
+    for i in range(n_steps):
+        _, _, terminated, truncated, _ = env.step(actions[i % 1024])
+        if terminated or truncated:
+            env.reset()
+    return time.perf_counter() - start
+
+
 def _overlap_loop(pool, policy, n_steps: int, seed: int) -> float:
     """:func:`_episode_loop` over :class:`~aaren_rl.agents.overlap_envs.BatchedWorkerEnvs`:
     group k's policy runs while the other groups simulate (one policy state per group)."""
@@ -491,7 +505,10 @@ def measure_evaluation(
     records = []
     overlap_n = max((n for mode, n in cfg["eval_modes"] if mode == "overlap"), default=None)
     with torch.inference_mode():
-        runs: list[tuple[str, str, int, Any]] = [("simulator-alone", "single", 1, None)]
+        runs: list[tuple[str, str, int, Any]] = [
+            ("simulator-alone", "plain", 1, None),
+            ("simulator-alone", "single", 1, None),
+        ]
         if overlap_n is not None:
             runs.append(("simulator-alone", "overlap", overlap_n, None))
         runs += [("aaren-fast", mode, n, policy) for mode, n in cfg["eval_modes"]]
@@ -499,12 +516,17 @@ def measure_evaluation(
             n_workers = min(workers, n) if mode == "overlap" else None
             if mode == "overlap":
                 envs = BatchedWorkerEnvs(ENV_ID, n, n_workers)
+            elif mode == "plain":
+                envs = gym.make(ENV_ID)
             else:
                 vec = "sync" if mode == "single" else mode
                 envs = gym.make_vec(ENV_ID, num_envs=n, vectorization_mode=vec)
             try:
-                loop = _overlap_loop if mode == "overlap" else _episode_loop
-                seconds = loop(envs, pol, n_steps, seed)
+                if mode == "plain":
+                    seconds = _plain_loop(envs, n_steps, seed)
+                else:
+                    loop = _overlap_loop if mode == "overlap" else _episode_loop
+                    seconds = loop(envs, pol, n_steps, seed)
             finally:
                 envs.close()
             rec = {
@@ -646,6 +668,12 @@ def claims(results: dict) -> dict[str, Any]:
         fastest = min(runs, key=lambda r: r["seconds"])
         out["eval_fastest"] = f"{fastest['vectorization']} x{fastest['n_envs']}"
         out["eval_over_simulator"] = fastest["seconds"] / sim["seconds"]
+        plain = next(
+            (r for r in ev if r["run"] == "simulator-alone" and r["vectorization"] == "plain"),
+            None,
+        )
+        if plain:
+            out["eval_over_plain_simulator"] = fastest["seconds"] / plain["seconds"]
         sim_workers = next(
             (r for r in ev if r["run"] == "simulator-alone" and r["vectorization"] == "overlap"),
             None,

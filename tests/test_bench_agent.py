@@ -53,6 +53,7 @@ def test_quick_bench_writes_stamped_json_markdown_and_plots(tmp_path, capsys):
 
     ev = {(r["run"], r["vectorization"], r["n_envs"]) for r in results["evaluation"]}
     assert ev == {
+        ("simulator-alone", "plain", 1),  # one gym.make env, no vector wrapper
         ("simulator-alone", "single", 1),
         ("aaren-fast", "sync", 1),
         ("aaren-fast", "sync", 2),
