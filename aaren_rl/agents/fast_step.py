@@ -205,9 +205,9 @@ def fuse_weights(model: DecisionModel) -> FusedWeights:
 
 def _cpu_array(x: Any, dtype: Any) -> np.ndarray:
     """``x`` (tensor, array or list) as a C-contiguous numpy array of ``dtype`` (None: its own),
-    sharing memory where it can (a CPU tensor or array of that dtype: no copy)."""
-    if type(x) is torch.Tensor and x.device.type == "cpu" and not x.requires_grad:
-        a = x.numpy()  # the common case first: a few hundred ns
+    sharing memory where it can (a contiguous CPU tensor or array of that dtype: no copy)."""
+    if type(x) is torch.Tensor and x.is_cpu and not x.requires_grad:
+        a = x.numpy()  # the common case first: well under a microsecond
     elif isinstance(x, torch.Tensor):
         a = x.detach().cpu().numpy()
     else:
