@@ -67,7 +67,15 @@ FULL = dict(
     chunks=(16, 32, 64, 128, 256),
     train_repeats=2,
     eval_steps=100_000,
-    eval_modes=(("sync", 1), ("sync", 16), ("async", 2), ("async", 16), ("overlap", 16)),
+    eval_modes=(
+        ("sync", 1),
+        ("sync", 16),
+        ("sync", 64),
+        ("async", 2),
+        ("async", 16),
+        ("overlap", 16),
+        ("overlap", 64),
+    ),
     rounds=3,
     block_seconds=1.0,
 )
@@ -503,14 +511,13 @@ def measure_evaluation(
     agents = make_agents(seed)
     policy = rollout_policy(agents["aaren-reference"])
     records = []
-    overlap_n = max((n for mode, n in cfg["eval_modes"] if mode == "overlap"), default=None)
+    overlap_ns = [n for mode, n in cfg["eval_modes"] if mode == "overlap"]
     with torch.inference_mode():
         runs: list[tuple[str, str, int, Any]] = [
             ("simulator-alone", "plain", 1, None),
             ("simulator-alone", "single", 1, None),
         ]
-        if overlap_n is not None:
-            runs.append(("simulator-alone", "overlap", overlap_n, None))
+        runs += [("simulator-alone", "overlap", n, None) for n in overlap_ns]
         runs += [("aaren-fast", mode, n, policy) for mode, n in cfg["eval_modes"]]
         for label, mode, n, pol in runs:
             n_workers = min(workers, n) if mode == "overlap" else None
@@ -674,15 +681,20 @@ def claims(results: dict) -> dict[str, Any]:
         )
         if plain:
             out["eval_over_plain_simulator"] = fastest["seconds"] / plain["seconds"]
-        sim_workers = next(
-            (r for r in ev if r["run"] == "simulator-alone" and r["vectorization"] == "overlap"),
-            None,
-        )
-        overlap = next((r for r in runs if r["vectorization"] == "overlap"), None)
-        if sim_workers and overlap:
-            out["eval_overlap_over_simulator_on_same_workers"] = (
-                overlap["seconds"] / sim_workers["seconds"]
+        for overlap in (r for r in runs if r["vectorization"] == "overlap"):
+            same = next(
+                (
+                    r
+                    for r in ev
+                    if r["run"] == "simulator-alone"
+                    and r["vectorization"] == "overlap"
+                    and r["n_envs"] == overlap["n_envs"]
+                ),
+                None,
             )
+            if same:
+                key = f"eval_overlap_x{overlap['n_envs']}_over_simulator_on_same_workers"
+                out[key] = overlap["seconds"] / same["seconds"]
     return out
 
 

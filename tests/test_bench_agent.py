@@ -62,7 +62,7 @@ def test_quick_bench_writes_stamped_json_markdown_and_plots(tmp_path, capsys):
     }
     assert all(r["env_steps"] == 120 for r in results["evaluation"])
     assert {r["workers"] for r in results["evaluation"] if r["vectorization"] == "overlap"} == {2}
-    assert "eval_overlap_over_simulator_on_same_workers" in results["claims"]
+    assert "eval_overlap_x2_over_simulator_on_same_workers" in results["claims"]
 
     claims = results["claims"]
     assert claims["state_bytes_constant"] is True and claims["fast_agent"] == "aaren-fast-numba"
