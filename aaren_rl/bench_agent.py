@@ -423,6 +423,7 @@ class _Group:
         self.pending_reset = np.zeros(n, dtype=bool)
         self.state = policy.initial_state(n) if policy is not None else None
         self.i = 0
+        self.episodes = 0  # episodes ended (each costs a reset)
 
     def actions(self, obs: np.ndarray) -> np.ndarray:
         if self.policy is None:
@@ -441,6 +442,7 @@ class _Group:
         self.rtg -= np.where(stepping, reward, 0.0).astype(np.float32)
         self.timestep += stepping
         done = stepping & (terminated | truncated)
+        self.episodes += int(done.sum())
         new_episode, self.pending_reset = self.pending_reset, done  # AutoresetMode.NEXT_STEP
         if new_episode.any():
             if self.policy is not None:
@@ -451,9 +453,10 @@ class _Group:
         return int(stepping.sum())
 
 
-def _episode_loop(envs, policy, n_steps: int, seed: int) -> float:
+def _episode_loop(envs, policy, n_steps: int, seed: int) -> tuple[float, int]:
     """Wall seconds for ``n_steps`` env-steps (all environments together) with ``policy``
-    (None: random actions, the simulator alone), resetting rows at episode ends."""
+    (None: random actions, the simulator alone), resetting rows at episode ends; and the
+    number of episodes ended."""
     group = _Group(policy, envs.num_envs, seed)
     obs, _ = envs.reset(seed=seed)
     done_steps = 0
@@ -461,24 +464,26 @@ def _episode_loop(envs, policy, n_steps: int, seed: int) -> float:
     while done_steps < n_steps:
         obs, reward, terminated, truncated, _ = envs.step(group.actions(obs))
         done_steps += group.observe(reward, terminated, truncated)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, group.episodes
 
 
-def _plain_loop(env, n_steps: int, seed: int) -> float:
+def _plain_loop(env, n_steps: int, seed: int) -> tuple[float, int]:
     """Wall seconds for ``n_steps`` steps of one plain ``gym.make`` env (no vector wrapper) with
     random actions, reset at each episode end: the simulator alone at its cheapest."""
     rng = np.random.default_rng(seed)
     actions = rng.uniform(-1, 1, size=(1024, ACT_DIM)).astype(np.float32)
     env.reset(seed=seed)
+    episodes = 0
     start = time.perf_counter()
     for i in range(n_steps):
         _, _, terminated, truncated, _ = env.step(actions[i % 1024])
         if terminated or truncated:
             env.reset()
-    return time.perf_counter() - start
+            episodes += 1
+    return time.perf_counter() - start, episodes
 
 
-def _overlap_loop(pool, policy, n_steps: int, seed: int) -> float:
+def _overlap_loop(pool, policy, n_steps: int, seed: int) -> tuple[float, int]:
     """:func:`_episode_loop` over :class:`~aaren_rl.agents.overlap_envs.BatchedWorkerEnvs`:
     group k's policy runs while the other groups simulate (one policy state per group)."""
     groups = [_Group(policy, stop - start, seed + start) for start, stop in pool.groups]
@@ -495,7 +500,7 @@ def _overlap_loop(pool, policy, n_steps: int, seed: int) -> float:
     for k in range(len(groups)):  # the steps in flight count too
         _, reward, terminated, truncated = pool.step_wait(k)
         done_steps += groups[k].observe(reward, terminated, truncated)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, sum(g.episodes for g in groups)
 
 
 def measure_evaluation(
@@ -530,10 +535,10 @@ def measure_evaluation(
                 envs = gym.make_vec(ENV_ID, num_envs=n, vectorization_mode=vec)
             try:
                 if mode == "plain":
-                    seconds = _plain_loop(envs, n_steps, seed)
+                    seconds, episodes = _plain_loop(envs, n_steps, seed)
                 else:
                     loop = _overlap_loop if mode == "overlap" else _episode_loop
-                    seconds = loop(envs, pol, n_steps, seed)
+                    seconds, episodes = loop(envs, pol, n_steps, seed)
             finally:
                 envs.close()
             rec = {
@@ -542,11 +547,15 @@ def measure_evaluation(
                 "n_envs": n,
                 "workers": n_workers,
                 "env_steps": n_steps,
+                "episodes": episodes,
                 "seconds": seconds,
                 "us_per_env_step": seconds / n_steps * 1e6,
             }
             records.append(rec)
-            log(f"evaluation {label:16s} {mode:7s} n={n:3d} workers={n_workers}: {seconds:.2f} s")
+            log(
+                f"evaluation {label:16s} {mode:7s} n={n:3d} workers={n_workers}: {seconds:.2f} s, "
+                f"{episodes} episodes"
+            )
     return records
 
 
@@ -789,6 +798,7 @@ def markdown(results: dict) -> str:
                 str(r["n_envs"]),
                 str(r.get("workers") or "-"),
                 f"{r['env_steps']:,}",
+                f"{r.get('episodes', 0):,}",
                 f"{r['seconds']:.2f}",
                 f"{r['us_per_env_step']:.1f}",
             ]
@@ -799,9 +809,24 @@ def markdown(results: dict) -> str:
             "",
             "```",
             format_table(
-                ["run", "vector env", "envs", "workers", "env-steps", "s", "µs / env-step"], rows
+                [
+                    "run",
+                    "vector env",
+                    "envs",
+                    "workers",
+                    "env-steps",
+                    "episodes",
+                    "s",
+                    "µs / env-step",
+                ],
+                rows,
             ),
             "```",
+            "plain: one `gym.make` env; single: a one-env sync vector env; overlap: worker "
+            "processes each stepping a group of the envs while the policy runs on another group "
+            "(`BatchedWorkerEnvs`). Every ended episode costs a reset, and random actions (the "
+            "simulator alone) end episodes at another rate than the policy: the episodes column "
+            "says how many.",
             "",
         ]
     prof = results.get("profile")
