@@ -116,8 +116,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--eval-workers",
         type=int,
-        default=2,
-        help="worker processes of the overlapped evaluation (2: one per core here)",
+        default=1,
+        help="worker processes of the overlapped evaluation, besides this one (1: one per core "
+        "of a 2-core machine)",
     )
     add_threads_argument(parser, default=1)
 
@@ -467,25 +468,47 @@ def _episode_loop(envs, policy, n_steps: int, seed: int) -> tuple[float, int]:
     return time.perf_counter() - start, group.episodes
 
 
-def _plain_loop(env, n_steps: int, seed: int) -> tuple[float, int]:
-    """Wall seconds for ``n_steps`` steps of one plain ``gym.make`` env (no vector wrapper) with
-    random actions, reset at each episode end: the simulator alone at its cheapest."""
-    rng = np.random.default_rng(seed)
-    actions = rng.uniform(-1, 1, size=(1024, ACT_DIM)).astype(np.float32)
-    env.reset(seed=seed)
-    episodes = 0
+def _plain_loop(
+    env, policy, n_steps: int, seed: int, actions: np.ndarray | None = None
+) -> tuple[float, int, np.ndarray]:
+    """``n_steps`` steps of one plain ``gym.make`` env (no vector wrapper), reset at episode
+    ends: driven by ``policy`` (batch 1), or, with ``policy`` None, the simulator alone with
+    ``actions [n_steps, act]`` given (a replay: the same trajectory, resets included, when they
+    are the actions a policy run recorded) or random ones. Returns the wall seconds, the
+    episodes ended and the actions taken."""
+    if actions is None:
+        rng = np.random.default_rng(seed)
+        actions = rng.uniform(-1, 1, size=(n_steps, ACT_DIM)).astype(np.float32)
+    taken = np.empty((n_steps, ACT_DIM), dtype=np.float32) if policy is not None else actions
+    obs, _ = env.reset(seed=seed)
+    episodes, rtg, t = 0, 3600.0, 0
+    state = policy.initial_state(1) if policy is not None else None
+    one = torch.ones(1, dtype=torch.bool)
     start = time.perf_counter()
     for i in range(n_steps):
-        _, _, terminated, truncated, _ = env.step(actions[i % 1024])
+        if policy is not None:
+            ts = torch.full((1,), t, dtype=torch.long)
+            obs_t = torch.from_numpy(obs.astype(np.float32))[None]
+            a, state = policy.act(obs_t, torch.full((1,), rtg), ts, state)
+            a = a.clamp(-1.0, 1.0)
+            state = policy.observe_action(a, ts, state)
+            taken[i] = a[0].numpy()
+        obs, reward, terminated, truncated, _ = env.step(taken[i])
+        rtg -= float(reward)
+        t += 1
         if terminated or truncated:
-            env.reset()
+            obs, _ = env.reset()
             episodes += 1
-    return time.perf_counter() - start, episodes
+            rtg, t = 3600.0, 0
+            if policy is not None:
+                state = policy.reset_state(state, one)
+    return time.perf_counter() - start, episodes, taken
 
 
 def _overlap_loop(pool, policy, n_steps: int, seed: int) -> tuple[float, int]:
     """:func:`_episode_loop` over :class:`~aaren_rl.agents.overlap_envs.BatchedWorkerEnvs`:
-    group k's policy runs while the other groups simulate (one policy state per group)."""
+    group k's policy runs while the other groups simulate (one policy state per group; group 0
+    simulates in this process, in its ``step_wait``)."""
     groups = [_Group(policy, stop - start, seed + start) for start, stop in pool.groups]
     first = pool.reset(seed=seed)
     done_steps = 0
@@ -504,7 +527,7 @@ def _overlap_loop(pool, policy, n_steps: int, seed: int) -> tuple[float, int]:
 
 
 def measure_evaluation(
-    cfg: dict, seed: int, n_steps: int, log: Callable[[str], None], workers: int = 2
+    cfg: dict, seed: int, n_steps: int, log: Callable[[str], None], workers: int = 1
 ) -> list[dict[str, Any]]:
     """Wall time of ``n_steps`` Hopper-v5 env-steps: the simulator alone (at batch 1, and on
     the overlap's worker processes), and with the policy in each vectorization mode."""
@@ -518,16 +541,20 @@ def measure_evaluation(
     records = []
     overlap_ns = [n for mode, n in cfg["eval_modes"] if mode == "overlap"]
     with torch.inference_mode():
+        # the plain env first: its policy run records the actions the replay then plays
         runs: list[tuple[str, str, int, Any]] = [
+            ("aaren-fast", "plain", 1, policy),
+            ("simulator-alone-replay", "plain", 1, None),
             ("simulator-alone", "plain", 1, None),
             ("simulator-alone", "single", 1, None),
         ]
         runs += [("simulator-alone", "overlap", n, None) for n in overlap_ns]
         runs += [("aaren-fast", mode, n, policy) for mode, n in cfg["eval_modes"]]
+        recorded = None
         for label, mode, n, pol in runs:
-            n_workers = min(workers, n) if mode == "overlap" else None
-            if mode == "overlap":
-                envs = BatchedWorkerEnvs(ENV_ID, n, n_workers)
+            n_workers = min(workers, n - 1) if mode == "overlap" else None
+            if mode == "overlap":  # group 0 here, one group per worker process
+                envs = BatchedWorkerEnvs(ENV_ID, n, n_workers + 1, first_in_process=True)
             elif mode == "plain":
                 envs = gym.make(ENV_ID)
             else:
@@ -535,7 +562,10 @@ def measure_evaluation(
                 envs = gym.make_vec(ENV_ID, num_envs=n, vectorization_mode=vec)
             try:
                 if mode == "plain":
-                    seconds, episodes = _plain_loop(envs, n_steps, seed)
+                    replay = recorded if label == "simulator-alone-replay" else None
+                    seconds, episodes, taken = _plain_loop(envs, pol, n_steps, seed, replay)
+                    if pol is not None:
+                        recorded = taken
                 else:
                     loop = _overlap_loop if mode == "overlap" else _episode_loop
                     seconds, episodes = loop(envs, pol, n_steps, seed)
@@ -679,17 +709,18 @@ def claims(results: dict) -> dict[str, Any]:
     sim = next(
         (r for r in ev if r["run"] == "simulator-alone" and r["vectorization"] == "single"), None
     )
-    runs = [r for r in ev if r["run"] != "simulator-alone"]
+    runs = [r for r in ev if r["run"] == "aaren-fast"]
     if sim and runs:
         fastest = min(runs, key=lambda r: r["seconds"])
         out["eval_fastest"] = f"{fastest['vectorization']} x{fastest['n_envs']}"
         out["eval_over_simulator"] = fastest["seconds"] / sim["seconds"]
-        plain = next(
-            (r for r in ev if r["run"] == "simulator-alone" and r["vectorization"] == "plain"),
-            None,
-        )
-        if plain:
-            out["eval_over_plain_simulator"] = fastest["seconds"] / plain["seconds"]
+        for key, run in (
+            ("eval_over_plain_simulator", "simulator-alone"),
+            ("eval_over_plain_simulator_replaying_the_policy", "simulator-alone-replay"),
+        ):
+            plain = next((r for r in ev if r["run"] == run and r["vectorization"] == "plain"), None)
+            if plain:
+                out[key] = fastest["seconds"] / plain["seconds"]
         for overlap in (r for r in runs if r["vectorization"] == "overlap"):
             same = next(
                 (
@@ -822,11 +853,14 @@ def markdown(results: dict) -> str:
                 rows,
             ),
             "```",
-            "plain: one `gym.make` env; single: a one-env sync vector env; overlap: worker "
-            "processes each stepping a group of the envs while the policy runs on another group "
-            "(`BatchedWorkerEnvs`). Every ended episode costs a reset, and random actions (the "
-            "simulator alone) end episodes at another rate than the policy: the episodes column "
-            "says how many.",
+            "plain: one `gym.make` env; single: a one-env sync vector env; overlap: the envs in "
+            "workers + 1 groups (`BatchedWorkerEnvs`), group 0 simulated in this process and each "
+            "other group in a worker process, each group's policy computed while the others "
+            "simulate. Every ended episode costs a reset, and random actions end "
+            "episodes at another rate than the policy (the episodes column), so "
+            "simulator-alone-replay plays the actions the plain policy run took, in the same "
+            "env with the same seed: the same trajectory and resets without the policy, the "
+            "fair batch-1 baseline.",
             "",
         ]
     prof = results.get("profile")

@@ -54,6 +54,8 @@ def test_quick_bench_writes_stamped_json_markdown_and_plots(tmp_path, capsys):
     ev = {(r["run"], r["vectorization"], r["n_envs"]) for r in results["evaluation"]}
     assert ev == {
         ("simulator-alone", "plain", 1),  # one gym.make env, no vector wrapper
+        ("aaren-fast", "plain", 1),
+        ("simulator-alone-replay", "plain", 1),  # the policy's actions, replayed
         ("simulator-alone", "single", 1),
         ("aaren-fast", "sync", 1),
         ("aaren-fast", "sync", 2),
@@ -61,8 +63,11 @@ def test_quick_bench_writes_stamped_json_markdown_and_plots(tmp_path, capsys):
         ("aaren-fast", "overlap", 2),
     }
     assert all(r["env_steps"] == 120 for r in results["evaluation"])
-    assert {r["workers"] for r in results["evaluation"] if r["vectorization"] == "overlap"} == {2}
+    assert {r["workers"] for r in results["evaluation"] if r["vectorization"] == "overlap"} == {1}
     assert "eval_overlap_x2_over_simulator_on_same_workers" in results["claims"]
+    episodes = {(r["run"], r["vectorization"]): r["episodes"] for r in results["evaluation"]}
+    # the replay is the policy's trajectory without the policy: the same resets
+    assert episodes[("simulator-alone-replay", "plain")] == episodes[("aaren-fast", "plain")]
 
     claims = results["claims"]
     assert claims["state_bytes_constant"] is True and claims["fast_agent"] == "aaren-fast-numba"

@@ -63,15 +63,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--vectorization",
         choices=("sync", "async", "overlap"),
         default="sync",
-        help="sync: one process; async: gymnasium's process per env; overlap: --workers "
-        "processes each stepping a group of the envs while the policy runs on another group "
-        "(same episodes as sync; see docs/performance.md)",
+        help="sync: one process; async: gymnasium's process per env; overlap: the envs in "
+        "--workers + 1 groups (one here, one per worker process), each group's policy computed "
+        "while the others simulate (same episodes as sync; see docs/performance.md)",
     )
     parser.add_argument(
         "--workers",
         type=int,
         default=None,
-        help="worker processes for --vectorization overlap (default: 2, or --envs if fewer)",
+        help="worker processes for --vectorization overlap (default 1: with this process, one "
+        "per core of a 2-core machine)",
     )
     add_threads_argument(parser)
     parser.add_argument(

@@ -8,9 +8,10 @@ per environment step (measured: 16 async Hopper envs on 2 cores took 1.8x the sy
 time); the second leaves a core idle while the policy runs. :class:`BatchedWorkerEnvs` does
 both differently:
 
-- ``n_workers`` processes, each holding a synchronous vector env (``gym.make_vec(...,
-  vectorization_mode="sync")``) over a contiguous slice ("group") of the ``n_envs``
-  environments; one pipe round trip per group step.
+- ``n_groups`` groups, each a synchronous vector env (``gym.make_vec(...,
+  vectorization_mode="sync")``) over a contiguous slice of the ``n_envs`` environments, in its
+  own process (one pipe round trip per group step), or, with ``first_in_process``, group 0 in
+  the calling process, which then simulates it while the workers simulate the others.
 - Groups are stepped independently: ``step_async(k, actions)`` returns at once, and
   ``step_wait(k)`` collects the result. A rollout computes group k's policy while the other
   groups simulate (double buffering: one policy state per group; ``rollout.evaluate_agent``
@@ -49,7 +50,7 @@ def split_groups(n_envs: int, n_groups: int) -> list[tuple[int, int]]:
     """``[(start, stop), ...]``: ``n_envs`` environments in ``n_groups`` contiguous slices, the
     first ones one larger when it does not divide (``n_groups`` is capped at ``n_envs``)."""
     if n_envs < 1 or n_groups < 1:
-        raise ValueError(f"need n_envs >= 1 and n_workers >= 1, got {n_envs} and {n_groups}")
+        raise ValueError(f"need n_envs >= 1 and n_groups >= 1, got {n_envs} and {n_groups}")
     n_groups = min(n_groups, n_envs)
     sizes = [n_envs // n_groups + (k < n_envs % n_groups) for k in range(n_groups)]
     bounds = np.concatenate([[0], np.cumsum(sizes)]).tolist()
@@ -97,18 +98,22 @@ def _worker(conn, env_id: str, n_envs: int, make_kwargs: dict, vector_kwargs: di
 
 
 class BatchedWorkerEnvs:
-    """``n_envs`` copies of ``env_id`` in ``n_workers`` processes, stepped group by group.
+    """``n_envs`` copies of ``env_id`` in ``n_groups`` groups, stepped group by group.
 
     Args:
         env_id: a Gymnasium id; each worker calls ``gym.make_vec(env_id, num_envs=group size,
             vectorization_mode="sync", vector_kwargs=vector_kwargs, **make_kwargs)``.
         n_envs: environments in all.
-        n_workers: worker processes (groups), capped at ``n_envs``.
+        n_groups: groups of environments, capped at ``n_envs``; each in a worker process
+            (group 0 in the calling process with ``first_in_process``).
         make_kwargs: keyword arguments for ``gym.make`` (e.g. ``max_episode_steps``).
         vector_kwargs: keyword arguments for the sync vector env (e.g. ``autoreset_mode``).
         context: the multiprocessing start method (None: the platform's default, as
             gymnasium's ``AsyncVectorEnv``; with "spawn" the env id must be registered on
             import).
+        first_in_process: step group 0 in the calling process (its ``step_wait`` runs the
+            simulator there) and only the other groups in workers: one process fewer, and the
+            caller simulates group 0 while the workers simulate theirs instead of waiting.
 
     ``groups[k] = (start, stop)`` are group k's environments. Observations and the other
     returns are numpy arrays of the group's rows, as from the group's vector env.
@@ -118,21 +123,37 @@ class BatchedWorkerEnvs:
         self,
         env_id: str,
         n_envs: int,
-        n_workers: int,
+        n_groups: int,
         make_kwargs: dict[str, Any] | None = None,
         vector_kwargs: dict[str, Any] | None = None,
         context: str | None = None,
+        first_in_process: bool = False,
     ) -> None:
         self.env_id = env_id
-        self.groups = split_groups(n_envs, n_workers)
+        self.groups = split_groups(n_envs, n_groups)
         self.num_envs = n_envs
         self._pipes: list[Any] = []
         self._procs: list[Any] = []
         self._waiting = [False] * len(self.groups)
+        self._local = None  # group 0's vector env, when it is stepped here
+        self._local_actions: Any = None
         self.closed = False
         ctx = mp.get_context(context)
         try:
-            for start, stop in self.groups:
+            if first_in_process:
+                import gymnasium as gym
+
+                start, stop = self.groups[0]
+                self._local = gym.make_vec(
+                    env_id,
+                    num_envs=stop - start,
+                    vectorization_mode="sync",
+                    vector_kwargs=vector_kwargs or {},
+                    **dict(make_kwargs or {}),
+                )
+                self._pipes.append(None)
+                self._procs.append(None)
+            for start, stop in self.groups[len(self._pipes) :]:
                 parent, child = ctx.Pipe()
                 proc = ctx.Process(
                     target=_worker,
@@ -150,7 +171,11 @@ class BatchedWorkerEnvs:
                 child.close()
                 self._pipes.append(parent)
                 self._procs.append(proc)
-            spaces = [self._receive(k) for k in range(len(self.groups))]
+            spaces = [self._receive(k) for k in range(len(self.groups)) if self._pipes[k]]
+            if self._local is not None:
+                spaces.insert(
+                    0, (self._local.single_observation_space, self._local.single_action_space)
+                )
         except BaseException:
             self.close()
             raise
@@ -177,14 +202,21 @@ class BatchedWorkerEnvs:
     def reset(self, seed: int | None = None) -> list[np.ndarray]:
         """Reset every group (environment i with ``seed + i``); the observations by group."""
         for k, (start, _) in enumerate(self.groups):
-            self._pipes[k].send(("reset", None if seed is None else seed + start))
-        return [self._receive(k) for k in range(self.n_groups)]
+            if self._pipes[k] is not None:
+                self._pipes[k].send(("reset", None if seed is None else seed + start))
+        out = [self._receive(k) if self._pipes[k] else None for k in range(self.n_groups)]
+        if self._local is not None:
+            out[0], _ = self._local.reset(seed=seed)
+        return out
 
     def step_async(self, k: int, actions: np.ndarray) -> None:
         """Send group k its actions ``[group size, ...]``; it simulates while the caller works."""
         if self._waiting[k]:
             raise RuntimeError(f"group {k} is already stepping: call step_wait({k}) first")
-        self._pipes[k].send(("step", actions))
+        if self._pipes[k] is None:  # stepped here, in step_wait
+            self._local_actions = actions
+        else:
+            self._pipes[k].send(("step", actions))
         self._waiting[k] = True
 
     def step_wait(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -192,6 +224,9 @@ class BatchedWorkerEnvs:
         if not self._waiting[k]:
             raise RuntimeError(f"group {k} is not stepping: call step_async({k}, actions) first")
         self._waiting[k] = False
+        if self._pipes[k] is None:
+            obs, reward, terminated, truncated, _ = self._local.step(self._local_actions)
+            return obs, reward, terminated, truncated
         return self._receive(k)
 
     def close(self) -> None:
@@ -199,18 +234,21 @@ class BatchedWorkerEnvs:
         if self.closed:
             return
         self.closed = True
-        for pipe in self._pipes:
+        pipes = [p for p in self._pipes if p is not None]
+        for pipe in pipes:
             try:
                 pipe.send(("close", None))
             except (OSError, BrokenPipeError):
                 pass
-        for proc in self._procs:
+        for proc in (p for p in self._procs if p is not None):
             proc.join(_JOIN_SECONDS)
             if proc.is_alive():
                 proc.terminate()
                 proc.join(_JOIN_SECONDS)
-        for pipe in self._pipes:
+        for pipe in pipes:
             pipe.close()
+        if self._local is not None:
+            self._local.close()
 
     def __enter__(self) -> BatchedWorkerEnvs:
         return self

@@ -213,11 +213,12 @@ def evaluate_agent(
             float32 rounding, several times faster); False: the model's own ``act``.
         vectorization_mode: ``"sync"`` (one process), ``"async"`` (gymnasium's
             ``AsyncVectorEnv``, a process per environment) or ``"overlap"``
-            (:class:`~aaren_rl.agents.overlap_envs.BatchedWorkerEnvs`: ``n_workers`` processes,
-            each stepping a group of the environments, and the policy of one group computed
-            while the others simulate; the same episodes and returns as ``"sync"``, faster
-            where a core would otherwise idle: docs/performance.md).
-        n_workers: ``"overlap"`` only: worker processes (groups), default ``min(2, n_envs)``.
+            (:class:`~aaren_rl.agents.overlap_envs.BatchedWorkerEnvs`: the environments in
+            ``n_workers + 1`` groups, one simulated in this process and each other one in a
+            worker process, and each group's policy computed while the others simulate; the
+            same episodes and returns as ``"sync"``: docs/performance.md).
+        n_workers: ``"overlap"`` only: worker processes, default 1 (with this process: one
+            per core of a 2-core machine); capped so that every group has an environment.
     Raises:
         NonFiniteInputError: an observation, reward, return-to-go or action was NaN or inf; the
             message names ``env_id``, the env index and its step in the episode.
@@ -472,8 +473,8 @@ def _evaluate(
             "sample=True draws from one generator in step order, which the overlapped groups "
             "change; use vectorization_mode 'sync' or 'async' to sample"
         )
-    if n_workers is not None and n_workers < 1:
-        raise ValueError(f"n_workers must be >= 1, got {n_workers}")
+    if n_workers is not None and n_workers < 0:
+        raise ValueError(f"n_workers must be >= 0, got {n_workers}")
     n_envs = min(n_envs, n_episodes)
     mode = _autoreset_mode(autoreset_mode)
     if device is not None:
@@ -485,9 +486,14 @@ def _evaluate(
         make_kwargs["max_episode_steps"] = int(max_episode_steps)
 
     if vectorization_mode == "overlap":
-        workers = n_workers or min(2, n_envs)
+        groups = 1 + (1 if n_workers is None else n_workers)
         envs = BatchedWorkerEnvs(
-            env_id, n_envs, workers, make_kwargs, vector_kwargs={"autoreset_mode": mode}
+            env_id,
+            n_envs,
+            groups,
+            make_kwargs,
+            vector_kwargs={"autoreset_mode": mode},
+            first_in_process=True,
         )
     else:
         envs = gym.make_vec(
