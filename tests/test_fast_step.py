@@ -251,6 +251,7 @@ def test_refused_inputs_leave_the_state_as_it_was(backend):
             lambda: fast.act(bad_obs, rtg, t + 1, state),
             lambda: fast.act(obs, rtg, torch.tensor([4, -1]), state),
             lambda: fast.observe_action(bad_action, t, state),
+            lambda: fast.observe_action(action, torch.tensor([-2, 6]), state),
         ):
             with pytest.raises(ValueError):
                 call()

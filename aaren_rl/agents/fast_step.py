@@ -434,9 +434,10 @@ class FastDecisionStep:
                 f"(act_dim={self.act_dim})"
             )
         self._check_state(state, b)
+        t = self._timestep(timestep, b)  # every check before the state changes
         check_step_inputs(timestep, action=a)
         state.pending_action.copy_(a)
-        state.pending_t.copy_(self._timestep(timestep, b))
+        state.pending_t.copy_(t)
         state.has_pending.fill_(True)
         return state
 
