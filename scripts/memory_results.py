@@ -23,6 +23,18 @@ recompute at rollout), ``kv`` (the Transformer with full attention and a KV cach
 episodes like Aaren) and the Aaren variants ``aaren-heads4``, ``aaren-merged`` (return token
 merged into the state token) and ``aaren-deep`` (4 layers).
 
+Length curriculum (``--curriculum-from L0``): every agent and seed is first trained at L0 (a
+plain run, ``--steps-at L0=N`` and ``--batch-at L0=B`` set its budget), then each length of
+``--lengths`` starts from that run's weights (``aaren-rl train --init-from``: the timestep
+table is stretched to L + 1 rows by interpolation, the normalisation stays the L0 run's) and
+is fine-tuned for ``--steps`` steps at L, batch ``--batch-size``. Before fine-tuning, the
+stretched model is evaluated at L as it is (the zero-shot transfer, recorded with its cue
+weight). Every agent gets the same data and steps.
+
+``--train-costs L ...`` measures seconds per training step (forward, backward, AdamW; whole
+episodes, or DT's K=20 windows) of ``--agents`` at those lengths with ``--batch-size``
+sequences, side by side in one process, on untrained models.
+
 The script is resumable: a finished run keeps its ``run.json`` (under ``--work``, with the
 datasets and checkpoints) and is skipped. After every run it writes, over every finished run
 under ``--work`` (this call's and earlier ones'), ``OUT/memory-results.json``,
@@ -76,7 +88,7 @@ def overrides_for(agent: str, length: int, args: argparse.Namespace) -> dict[str
             "model.max_timestep": length + 1,
             "model.context": 20,
             "train.max_len": length + 1,
-            "train.batch_size": args.batch_size,
+            "train.batch_size": batch_for(length, args),
             "train.steps": steps_for(length, args),
             "train.warmup_steps": max(1, steps_for(length, args) // 10),
             "train.lr": args.lr,
@@ -90,12 +102,50 @@ def overrides_for(agent: str, length: int, args: argparse.Namespace) -> dict[str
     return out
 
 
-def steps_for(length: int, args: argparse.Namespace) -> int:
-    for item in args.steps_at or []:
-        at, _, steps = item.partition("=")
+def _value_at(items: list[str] | None, length: int, default: int, flag: str) -> int:
+    for item in items or []:
+        at, sep, value = item.partition("=")
+        if not sep or not at.strip().isdigit() or not value.strip().isdigit():
+            raise SystemExit(f"memory_results.py: {flag} {item!r}: expected L=N, e.g. 100=2000")
         if int(at) == length:
-            return int(steps)
-    return int(args.steps)
+            return int(value)
+    return int(default)
+
+
+def steps_for(length: int, args: argparse.Namespace) -> int:
+    """Training steps at corridor length ``length`` (``--steps-at L=N``, else ``--steps``)."""
+    return _value_at(args.steps_at, length, args.steps, "--steps-at")
+
+
+def batch_for(length: int, args: argparse.Namespace) -> int:
+    """Sequences per batch at ``length`` (``--batch-at L=B``, else ``--batch-size``)."""
+    return _value_at(getattr(args, "batch_at", None), length, args.batch_size, "--batch-at")
+
+
+def run_name(length: int, steps: int, batch: int, init: dict[str, int] | None = None) -> str:
+    """The run folder of one (L, steps, batch[, curriculum start]) cell under ``runs/``.
+
+    ``L100-2000steps`` for the default batch of 16 (the folders of earlier calls), with
+    ``-bs4`` for another batch and ``-from-L100-2000steps`` for a fine-tuned run.
+    """
+    name = f"L{length}-{steps}steps" + ("" if batch == 16 else f"-bs{batch}")
+    if init is not None:
+        name += "-from-" + run_name(init["length"], init["steps"], init["batch_size"])
+    return name
+
+
+def protocol_of(record: dict[str, Any]) -> str:
+    """How a run was trained, in words (empty for a plain run with batch 16)."""
+    parts = []
+    if int(record.get("batch_size", 16)) != 16:
+        parts.append(f"batch {record['batch_size']}")
+    init = record.get("init_from")
+    if init:
+        parts.append(
+            f"fine-tuned from L={init['length']} ({init['steps']} steps, batch "
+            f"{init['batch_size']})"
+        )
+    return ", ".join(parts)
 
 
 def task_for(length: int, data_file: Path) -> Any:
@@ -116,30 +166,16 @@ def task_for(length: int, data_file: Path) -> Any:
     return task_from_dict(raw, path=REPO / "envs" / f"tmaze-l{length}.yaml")
 
 
-def one_run(agent: str, length: int, seed: int, task: Any, dataset: Any, args) -> dict[str, Any]:
-    from aaren_rl.agents.rollout import evaluate_agent, profile_steps
-    from aaren_rl.agents.train_cli import run_training
+def run_dir(agent: str, length: int, seed: int, args, init: dict[str, int] | None = None) -> Path:
+    """Where one run's checkpoint and ``run.json`` live."""
+    name = run_name(length, steps_for(length, args), batch_for(length, args), init)
+    return Path(args.work) / "runs" / name / agent / f"seed{seed}"
 
-    steps = steps_for(length, args)
-    out_dir = Path(args.work) / "runs" / f"L{length}-{steps}steps" / agent / f"seed{seed}"
-    record_path = out_dir / "run.json"
-    if record_path.is_file():
-        return json.loads(record_path.read_text())
-    preset, _ = AGENTS[agent]
-    t0 = time.perf_counter()
-    result = run_training(
-        preset,
-        task,
-        out_dir=out_dir,
-        seed=seed,
-        device="cpu",
-        resume=(out_dir / "checkpoint.pt").is_file(),
-        overrides=overrides_for(agent, length, args),
-        progress=not args.no_progress,
-        dataset=dataset,
-    )
-    train_s = time.perf_counter() - t0
-    model = result.model
+
+def success_rate(model: Any, task: Any, seed: int, args) -> float:
+    """Fraction of ``--eval-episodes`` T-maze episodes won at target return 1 (greedy)."""
+    from aaren_rl.agents.rollout import evaluate_agent
+
     res = evaluate_agent(
         model,
         task.env_id,
@@ -150,25 +186,88 @@ def one_run(agent: str, length: int, seed: int, task: Any, dataset: Any, args) -
         device="cpu",
         max_episode_steps=task.max_episode_steps,
     )
+    return float(np.mean(res.returns))
+
+
+def one_run(
+    agent: str,
+    length: int,
+    seed: int,
+    task: Any,
+    dataset: Any,
+    args,
+    init: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train (or resume, or read back) one agent at one L and seed, then measure it.
+
+    ``init`` (the curriculum): ``{"length", "steps", "batch_size", "checkpoint"}`` of the run
+    whose weights this one starts from; the zero-shot success of those weights at ``length``
+    is measured first (once: kept in ``zero_shot.json`` for a resumed run).
+    """
+    from aaren_rl.agents.rollout import profile_steps
+    from aaren_rl.agents.train_cli import init_model_from, resolve_agent, run_training
+    from aaren_rl.agents.trainer import write_json_atomic
+
+    init_key = None if init is None else {k: init[k] for k in ("length", "steps", "batch_size")}
+    out_dir = run_dir(agent, length, seed, args, init_key)
+    record_path = out_dir / "run.json"
+    if record_path.is_file():
+        return json.loads(record_path.read_text())
+    preset, _ = AGENTS[agent]
+    overrides = overrides_for(agent, length, args)
+    zero_shot: dict[str, Any] = {}
+    if init is not None:
+        zero_path = out_dir / "zero_shot.json"
+        if zero_path.is_file():
+            zero_shot = json.loads(zero_path.read_text())
+        else:
+            spec = resolve_agent(preset, overrides=overrides)
+            spec["model"]["action_space"] = "discrete"
+            start = init_model_from(init["checkpoint"], spec, dataset).eval()
+            zero_shot = {
+                "zero_shot_success": success_rate(start, task, seed, args),
+                "zero_shot_cue_weight_by_layer": cue_weight(start, dataset),
+            }
+            write_json_atomic(zero_path, zero_shot)
+            print(
+                f"L={length} {agent} seed{seed}: zero-shot from L={init['length']}: "
+                f"success {zero_shot['zero_shot_success']:.2f}",
+                flush=True,
+            )
+    t0 = time.perf_counter()
+    result = run_training(
+        preset,
+        task,
+        out_dir=out_dir,
+        seed=seed,
+        device="cpu",
+        resume=(out_dir / "checkpoint.pt").is_file(),
+        overrides=overrides,
+        progress=not args.no_progress,
+        dataset=dataset,
+        init_from=None if init is None else init["checkpoint"],
+    )
+    train_s = time.perf_counter() - t0
+    model = result.model
     prof = profile_steps(model, n_steps=length + 1, n_envs=1, seed=seed, device="cpu")
     ms_last, bytes_last = prof.at(length + 1)
-    cue = cue_weight(model, dataset)
     record = {
         "agent": agent,
         "length": length,
         "seed": seed,
         "steps": result.end_step,
+        "batch_size": batch_for(length, args),
+        "init_from": init_key,
         "final_loss": float(np.mean(result.losses[-25:])) if result.losses else None,
-        "success": float(np.mean(res.returns)),
-        "episodes": len(res.returns),
+        "success": success_rate(model, task, seed, args),
+        "episodes": args.eval_episodes,
         "state_bytes_per_env_last": bytes_last,
         "ms_per_step_last": ms_last,
         "ms_per_step_first": float(np.median(prof.latency_ms[:10])),
         "train_seconds": train_s,
-        "cue_weight_by_layer": cue,
+        "cue_weight_by_layer": cue_weight(model, dataset),
+        **zero_shot,
     }
-    from aaren_rl.agents.trainer import write_json_atomic
-
     write_json_atomic(record_path, record)
     return record
 
@@ -221,15 +320,19 @@ def cue_weight(model: Any, dataset: Any, n_episodes: int = 32) -> list[float] | 
     return [round(float(v), 4) for v in weights.mean(axis=0)]
 
 
-def summarise(records: list[dict[str, Any]]) -> dict[tuple[str, int, int], dict[str, Any]]:
-    """Rows keyed by (agent, L, training steps)."""
-    table: dict[tuple[str, int, int], dict[str, Any]] = {}
+def summarise(records: list[dict[str, Any]]) -> dict[tuple[str, int, int, str], dict[str, Any]]:
+    """Rows keyed by (agent, L, training steps, protocol) (:func:`protocol_of`)."""
+    table: dict[tuple[str, int, int, str], dict[str, Any]] = {}
     for r in records:
-        table.setdefault((r["agent"], r["length"], r["steps"]), {"runs": []})["runs"].append(r)
+        key = (r["agent"], r["length"], r["steps"], protocol_of(r))
+        table.setdefault(key, {"runs": []})["runs"].append(r)
     for row in table.values():
-        runs = row["runs"]
+        runs = sorted(row["runs"], key=lambda r: r["seed"])
+        row["runs"] = runs
         succ = np.array([r["success"] for r in runs])
+        zero = [r.get("zero_shot_success") for r in runs]
         row.update(
+            zero_shot=None if None in zero else [round(float(z), 3) for z in zero],
             success_mean=float(succ.mean()),
             success_std=float(succ.std()),
             seeds=len(runs),
@@ -294,10 +397,25 @@ def measure_costs(lengths: list[int], agents: list[str], args) -> list[dict[str,
     return rows
 
 
-def finished_records(work: Path) -> list[dict[str, Any]]:
-    """Every finished run under ``work/runs`` (all lengths and agents, earlier calls too)."""
-    paths = sorted((work / "runs").glob("L*steps/*/seed*/run.json"))
-    return [json.loads(p.read_text()) for p in paths]
+def finished_records(work: Path, earlier: Path | None = None) -> list[dict[str, Any]]:
+    """Every finished run under ``work/runs`` (all lengths and agents, earlier calls too).
+
+    ``earlier``: a ``memory-results.json`` this script wrote before; its records of runs that
+    are not (or no longer) under ``work`` are kept, so the tables stay whole when the run
+    folders (checkpoints, not committed) are gone. A run under ``work`` replaces its old record.
+    """
+    paths = sorted((work / "runs").glob("L*/*/seed*/run.json"))
+    records = [json.loads(p.read_text()) for p in paths]
+    if earlier is not None and earlier.is_file():
+        have = {record_key(r) for r in records}
+        old = json.loads(earlier.read_text()).get("records", [])
+        records = [r for r in old if record_key(r) not in have] + records
+    return records
+
+
+def record_key(record: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes a run unique: agent, L, steps, protocol and seed."""
+    return (record["agent"], record["length"], record["steps"], protocol_of(record), record["seed"])
 
 
 def backfill_cue_weights(work: Path) -> None:
@@ -306,7 +424,7 @@ def backfill_cue_weights(work: Path) -> None:
     from aaren_rl.agents.trainer import write_json_atomic
     from aaren_rl.data.d4rl_reader import load_d4rl
 
-    for path in sorted((work / "runs").glob("L*steps/aaren*/seed*/run.json")):
+    for path in sorted((work / "runs").glob("L*/aaren*/seed*/run.json")):
         record = json.loads(path.read_text())
         if record.get("cue_weight_by_layer") is not None:
             continue
@@ -322,15 +440,16 @@ def write_outputs(args: argparse.Namespace, command: str) -> None:
     """Tables, JSON and plot of every finished run under ``--work``."""
     import torch
 
-    from aaren_rl.agents.trainer import write_json_atomic
+    from aaren_rl.files import write_json_atomic, write_text_atomic
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    records = finished_records(Path(args.work))
+    records = finished_records(Path(args.work), earlier=out / "memory-results.json")
     table = summarise(records)
     agents = [a for a in AGENTS if any(k[0] == a for k in table)]
     lengths = sorted({k[1] for k in table})
     budgets = sorted({k[2] for k in table})
+    protocols = sorted({k[3] for k in table})
     stamp = (
         f"{platform.node()} ({platform.processor() or platform.machine()}), torch "
         f"{torch.__version__}, {torch.get_num_threads()} thread(s), "
@@ -355,26 +474,43 @@ def write_outputs(args: argparse.Namespace, command: str) -> None:
         "ms per env step over the last 10 steps of a one-env rollout of L + 1 steps, one thread.",
         "Cue weight (Aaren): per layer, the softmax weight the turn's s_t token puts on s_0 (the",
         "cue), largest over heads, mean over 32 data episodes and the seeds.",
+        "Protocol: empty = trained from scratch at L with batch 16; 'fine-tuned from L=100' = the",
+        "length curriculum (--curriculum-from), where 'steps' counts the steps at L only and",
+        "'zero-shot' is the per-seed success of the L=100 weights at L before fine-tuning.",
         "",
-        "| agent | L | steps | seeds | success | per seed | memory/env at last step "
-        "| ms/step at last step | cue weight by layer |",
-        "|---|---:|---:|---:|---:|---|---:|---:|---|",
+        "| agent | L | steps | protocol | seeds | success | per seed | zero-shot per seed "
+        "| memory/env at last step | ms/step at last step | cue weight by layer |",
+        "|---|---:|---:|---|---:|---:|---|---|---:|---:|---|",
     ]
     for agent in agents:
-        for length in lengths:
-            for steps in budgets:
-                row = table.get((agent, length, steps))
-                if row is None:
-                    continue
-                cue = row["cue_weight"] if row["cue_weight"] is not None else ""
-                lines.append(
-                    f"| {LABELS[agent]} | {length} | {steps} | {row['seeds']} | "
-                    f"{100 * row['success_mean']:.0f}% ± {100 * row['success_std']:.0f} | "
-                    f"{row['per_seed']} | {_fmt_bytes(row['state_bytes'])} | "
-                    f"{row['ms_last']:.2f} | {cue} |"
-                )
+        for protocol in protocols:
+            for length in lengths:
+                for steps in budgets:
+                    row = table.get((agent, length, steps, protocol))
+                    if row is None:
+                        continue
+                    cue = row["cue_weight"] if row["cue_weight"] is not None else ""
+                    zero = row["zero_shot"] if row["zero_shot"] is not None else ""
+                    lines.append(
+                        f"| {LABELS[agent]} | {length} | {steps} | {protocol} | {row['seeds']} | "
+                        f"{100 * row['success_mean']:.0f}% ± {100 * row['success_std']:.0f} | "
+                        f"{row['per_seed']} | {zero} | {_fmt_bytes(row['state_bytes'])} | "
+                        f"{row['ms_last']:.2f} | {cue} |"
+                    )
+    earlier = out / "memory-results.json"
+    earlier_data = json.loads(earlier.read_text()) if earlier.is_file() else {}
     costs_path = Path(args.work) / "costs.json"
-    costs = json.loads(costs_path.read_text())["rows"] if costs_path.is_file() else []
+    costs = (
+        json.loads(costs_path.read_text())["rows"]
+        if costs_path.is_file()
+        else earlier_data.get("costs", [])
+    )
+    train_costs_path = Path(args.work) / "train-costs.json"
+    train_costs = (
+        json.loads(train_costs_path.read_text())["rows"]
+        if train_costs_path.is_file()
+        else earlier_data.get("train_costs", [])
+    )
     if costs:
         lines += [
             "",
@@ -394,10 +530,34 @@ def write_outputs(args: argparse.Namespace, command: str) -> None:
                 f"{_fmt_bytes(c['state_bytes_per_env_last'])} | {c['ms_per_step_last']:.2f} | "
                 f"{c['ms_per_step_first']:.2f} |"
             )
-    (out / "memory-results.md").write_text("\n".join(lines) + "\n")
+    if train_costs:
+        lines += [
+            "",
+            "## Cost of one training step",
+            "",
+            "Seconds per optimiser step (forward, backward, AdamW) on untrained models of the",
+            "trained size, median of 3 steps after a warm-up step, all in one process, one",
+            "thread. Aaren and the full KV cache train on whole episodes (3 (L + 1) tokens per",
+            "sequence); DT on K = 20 windows, whatever L is.",
+            "",
+            "| agent | L | batch (sequences) | s per training step |",
+            "|---|---:|---:|---:|",
+        ]
+        for c in sorted(train_costs, key=lambda c: (list(AGENTS).index(c["agent"]), c["length"])):
+            lines.append(
+                f"| {LABELS[c['agent']]} | {c['length']} | {c['batch_size']} | "
+                f"{c['seconds_per_step']:.3f} |"
+            )
+    write_text_atomic(out / "memory-results.md", "\n".join(lines) + "\n")
     write_json_atomic(
         out / "memory-results.json",
-        {"commands": commands, "stamp": stamp, "records": records, "costs": costs},
+        {
+            "commands": commands,
+            "stamp": stamp,
+            "records": records,
+            "costs": costs,
+            "train_costs": train_costs,
+        },
     )
     try:
         import matplotlib
@@ -407,22 +567,22 @@ def write_outputs(args: argparse.Namespace, command: str) -> None:
     except ImportError:
         return
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for agent in agents:
-        # per (agent, L), the run with the most training steps
-        best = {}
-        for (a, length, steps), row in table.items():
-            if a == agent and steps >= best.get(length, (0, None))[0]:
-                best[length] = (steps, row)
-        xs = sorted(best)
-        rows = [best[L][1] for L in xs]
+    colours = {a: f"C{i}" for i, a in enumerate(agents)}
+    for agent, protocol, rows in success_series(table, agents):
+        xs = [r["runs"][0]["length"] for r in rows]
         axes[0].errorbar(
             xs,
             [100 * r["success_mean"] for r in rows],
             yerr=[100 * r["success_std"] for r in rows],
-            marker="o",
+            color=colours[agent],
+            marker="o" if not protocol else "s",
+            ls="-" if not protocol else "--",
             capsize=3,
-            label=LABELS[agent],
+            label=LABELS[agent] + (f" ({short_protocol(rows)})" if protocol else ""),
         )
+    for agent in agents:
+        rows = [r for a, p, series in success_series(table, agents) if a == agent for r in series]
+        xs = [r["runs"][0]["length"] for r in rows]
         mine = sorted((c for c in costs if c["agent"] == agent), key=lambda c: c["length"])
         if mine:  # the cost sweep covers more lengths than the trained runs
             cx = [c["length"] for c in mine]
@@ -430,8 +590,8 @@ def write_outputs(args: argparse.Namespace, command: str) -> None:
             ms = [c["ms_per_step_last"] for c in mine]
         else:
             cx, kib, ms = xs, [r["state_bytes"] / 1024 for r in rows], [r["ms_last"] for r in rows]
-        axes[1].plot(cx, kib, marker="o", label=LABELS[agent])
-        axes[2].plot(cx, ms, marker="o", label=LABELS[agent])
+        axes[1].plot(cx, kib, marker="o", color=colours[agent], label=LABELS[agent])
+        axes[2].plot(cx, ms, marker="o", color=colours[agent], label=LABELS[agent])
     axes[0].axhline(50, color="grey", ls=":", lw=1)
     axes[0].set(
         xscale="log",
@@ -447,6 +607,104 @@ def write_outputs(args: argparse.Namespace, command: str) -> None:
     fig.savefig(out / "memory-results.png", dpi=110)
 
 
+def short_protocol(rows: list[dict[str, Any]]) -> str:
+    """A curriculum curve's legend note: ``curriculum from L=100``."""
+    inits = [r["init_from"] for row in rows for r in row["runs"] if r.get("init_from")]
+    return f"curriculum from L={inits[0]['length']}" if inits else protocol_of(rows[0]["runs"][0])
+
+
+def success_series(
+    table: dict[tuple[str, int, int, str], dict[str, Any]], agents: list[str]
+) -> list[tuple[str, str, list[dict[str, Any]]]]:
+    """The plot's success curves: ``(agent, protocol, rows by L)``.
+
+    A plain curve (trained from scratch) takes, per L, the run with the most steps; a
+    curriculum curve starts at the run it was fine-tuned from (its L0 point), then its own
+    fine-tuned runs at each L (the most steps, again).
+    """
+    out = []
+    for agent in agents:
+        for protocol in sorted({k[3] for k in table if k[0] == agent}):
+            best: dict[int, tuple[int, dict[str, Any]]] = {}
+            for (a, length, steps, p), row in table.items():
+                if a == agent and p == protocol and steps >= best.get(length, (0, None))[0]:
+                    best[length] = (steps, row)
+            inits = [r["init_from"] for _, row in best.values() for r in row["runs"]]
+            init = next((i for i in inits if i), None)
+            if init is not None:
+                start = table.get(
+                    (agent, init["length"], init["steps"], protocol_of({**init, "init_from": None}))
+                )
+                if start is not None and init["length"] not in best:
+                    best[init["length"]] = (init["steps"], start)
+            out.append((agent, protocol, [best[L][1] for L in sorted(best)]))
+    return out
+
+
+def measure_train_costs(lengths: list[int], agents: list[str], args) -> list[dict[str, Any]]:
+    """Seconds per training step of each agent at each L (untrained models, one process).
+
+    One batch of ``--batch-size`` sequences of the real T-maze dataset (whole episodes, or
+    DT's K = 20 windows), then forward + loss + backward + AdamW step: one warm-up step, the
+    median of the next 3.
+    """
+    import torch
+
+    from aaren_rl.agents.decision_model import build_decision_model
+    from aaren_rl.agents.train_cli import resolve_agent
+    from aaren_rl.agents.trainer import TrainConfig, decision_loss, make_sampler
+
+    rows = []
+    for length in lengths:
+        dataset = load_dataset(length, args)
+        for agent in agents:
+            preset, _ = AGENTS[agent]
+            spec = resolve_agent(preset, overrides=overrides_for(agent, length, args))
+            torch.manual_seed(0)
+            model = build_decision_model(
+                {**spec["model"], "action_space": "discrete"}, dataset.obs_dim, dataset.act_dim
+            )
+            train_cfg = TrainConfig.from_dict(spec["train"])
+            sampler = make_sampler(dataset, train_cfg, model.config.context, seed=0)
+            optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr)
+            times = []
+            for _ in range(4):
+                batch = sampler.sample(args.batch_size).to_torch()
+                t0 = time.perf_counter()
+                loss = decision_loss(model, batch)
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+                times.append(time.perf_counter() - t0)
+            sec = float(np.median(times[1:]))
+            rows.append(
+                {
+                    "agent": agent,
+                    "length": length,
+                    "batch_size": args.batch_size,
+                    "seconds_per_step": sec,
+                }
+            )
+            print(f"train cost L={length} {agent} batch {args.batch_size}: {sec:.3f} s", flush=True)
+    return rows
+
+
+def data_path(length: int, args) -> Path:
+    """The T-maze dataset file at ``length`` under ``--work``."""
+    return Path(args.work) / "data" / f"tmaze-l{length}-mixed-v0.hdf5"
+
+
+def load_dataset(length: int, args) -> Any:
+    """The T-maze dataset at ``length`` (built once under ``--work/data``, seed 0)."""
+    from aaren_rl.data.d4rl_reader import load_d4rl
+    from aaren_rl.envs.memory_datasets import Mix, build_dataset
+
+    data_file = data_path(length, args)
+    if not data_file.is_file():
+        build_dataset(task_for(length, data_file), data_file, n_episodes=args.episodes, mix=Mix())
+    return load_d4rl(data_file, max_episode_steps=length + 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[20, 100])
@@ -456,7 +714,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--steps-at", nargs="*", default=None, metavar="L=STEPS", help="other steps at length L"
     )
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=16, help="sequences per batch")
+    parser.add_argument(
+        "--batch-at", nargs="*", default=None, metavar="L=B", help="another batch at length L"
+    )
+    parser.add_argument(
+        "--curriculum-from",
+        type=int,
+        default=None,
+        metavar="L0",
+        help="train every agent and seed at L0 first, then fine-tune that run at each --lengths",
+    )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--episodes", type=int, default=300, help="dataset episodes per L")
     parser.add_argument("--eval-episodes", type=int, default=100)
@@ -478,13 +746,19 @@ def main(argv: list[str] | None = None) -> int:
         metavar="L",
         help="instead of training: measure memory and time per step of --agents at these L",
     )
+    parser.add_argument(
+        "--train-costs",
+        type=int,
+        nargs="*",
+        default=None,
+        metavar="L",
+        help="instead of training: seconds per training step of --agents at these L",
+    )
     args = parser.parse_args(argv)
 
     import torch
 
     torch.set_num_threads(args.threads)
-    from aaren_rl.data.d4rl_reader import load_d4rl
-    from aaren_rl.envs.memory_datasets import Mix, build_dataset
 
     command = "PYTHONPATH=. .venv/bin/python scripts/memory_results.py " + shlex.join(
         argv if argv is not None else sys.argv[1:]
@@ -496,15 +770,31 @@ def main(argv: list[str] | None = None) -> int:
         rows = measure_costs(args.costs, args.agents, args)
         write_json_atomic(Path(args.work) / "costs.json", {"command": command, "rows": rows})
         args.report_only = True
+    if args.train_costs:
+        from aaren_rl.files import write_json_atomic
+
+        rows = measure_train_costs(args.train_costs, args.agents, args)
+        write_json_atomic(Path(args.work) / "train-costs.json", {"command": command, "rows": rows})
+        args.report_only = True
+    start = args.curriculum_from
     for length in [] if args.report_only else args.lengths:
-        data_file = Path(args.work) / "data" / f"tmaze-l{length}-mixed-v0.hdf5"
-        task = task_for(length, data_file)
-        if not data_file.is_file():
-            build_dataset(task, data_file, n_episodes=args.episodes, mix=Mix(), seed=0)
-        dataset = load_d4rl(data_file, max_episode_steps=length + 1)
+        task = task_for(length, data_path(length, args))
+        dataset = load_dataset(length, args)
         for agent in args.agents:
             for seed in args.seeds:
-                rec = one_run(agent, length, seed, task, dataset, args)
+                init = None
+                if start is not None and start != length:
+                    pre = one_run(
+                        agent, start, seed, task_for(start, data_path(start, args)),
+                        load_dataset(start, args), args,
+                    )  # fmt: skip
+                    init = {
+                        "length": start,
+                        "steps": pre["steps"],
+                        "batch_size": batch_for(start, args),
+                        "checkpoint": run_dir(agent, start, seed, args) / "checkpoint.pt",
+                    }
+                rec = one_run(agent, length, seed, task, dataset, args, init=init)
                 print(
                     f"L={length} {agent} seed{seed}: success {rec['success']:.2f}, "
                     f"state {rec['state_bytes_per_env_last']} B/env, "

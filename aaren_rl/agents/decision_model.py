@@ -30,7 +30,8 @@ Timesteps: the embedding table has ``max_timestep`` rows (timesteps ``0 .. max_t
 fit the config is a bug to fix, not to hide). ``act`` and ``observe_action`` clamp timesteps at
 ``max_timestep - 1``, so an environment whose episodes run longer than the training data still
 rolls out (every step past the last one shares the last embedding); negative timesteps are an
-error in both.
+error in both. :func:`stretch_timesteps` resizes a trained table by interpolation, for
+fine-tuning on longer episodes (a length curriculum).
 
 Actions: ``action_space: box`` (continuous, ``act_dim`` features, tanh, MSE loss) or
 ``action_space: discrete`` (Decision Transformer's Atari setting: ``act_dim`` is the number of
@@ -542,6 +543,40 @@ class DecisionModel(nn.Module):
         t_emb = self._step_timestep(timestep, b)
         _, state = self.backbone.step(self._action_token(action, t_emb), state)
         return state
+
+
+def stretch_timesteps(model: DecisionModel, max_timestep: int) -> DecisionModel:
+    """Resize ``model``'s timestep table to ``max_timestep`` rows by linear interpolation.
+
+    For fine-tuning on longer (or shorter) episodes than the model was trained on: row ``j``
+    of the new table is the old table read at position ``j * (T_old - 1) / (T_new - 1)``
+    (``torch.nn.functional.interpolate``, ``align_corners=True``), so the first and last rows
+    stay as they were, and growing 101 rows to 1001 keeps every old row ``k`` at new row
+    ``10 k``. This is how Vision Transformers resize their learned position embeddings
+    for a new resolution. Every step keeps its place relative to the episode's length
+    (a T-maze turn at t = L maps onto the turn the model learned). The model is changed in
+    place (its ``config.max_timestep`` too) and returned; the other weights are untouched.
+
+    Args:
+        model: a DecisionModel; its table is ``[T_old, d_model]``.
+        max_timestep: ``T_new >= 1``, the new number of rows.
+    """
+    if isinstance(max_timestep, bool) or not isinstance(max_timestep, int) or max_timestep < 1:
+        raise ValueError(f"max_timestep must be a positive integer, got {max_timestep!r}")
+    old = model.embed_timestep.weight.detach()
+    if old.shape[0] == max_timestep:
+        return model
+    if old.shape[0] == 1:
+        table = old.expand(max_timestep, -1)
+    else:
+        table = nn.functional.interpolate(
+            old.t()[None], size=max_timestep, mode="linear", align_corners=True
+        )[0].t()
+    model.embed_timestep = nn.Embedding(max_timestep, old.shape[1]).to(old.device, old.dtype)
+    with torch.no_grad():
+        model.embed_timestep.weight.copy_(table)
+    model.config = dataclasses.replace(model.config, max_timestep=max_timestep)
+    return model
 
 
 def build_decision_model(

@@ -1,7 +1,8 @@
 """``aaren-rl train``: an agent preset + a task preset -> a trained, checkpointed agent.
 
     aaren-rl train --agent decision-aaren --task hopper-medium [--steps N] [--seed S]
-                   [--out DIR] [--resume] [--device auto|cpu|cuda] [--protocol cpu]
+                   [--out DIR] [--resume] [--init-from CKPT] [--device auto|cpu|cuda]
+                   [--protocol cpu]
                    [--set train.batch_size=32 ...]
 
 Presets are names (``agents/*.yaml``, ``envs/*.yaml``) or paths to your own files. The same
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from aaren_rl import presets
@@ -190,12 +192,18 @@ def run_training(
     progress: bool = True,
     stop_at: int | None = None,
     dataset: Any = None,
+    init_from: str | os.PathLike[str] | None = None,
 ) -> TrainResult:
     """Train an agent preset on a task (name, path or TaskSpec); returns the TrainResult.
 
     ``steps`` and ``seed`` override the preset's ``train.steps`` / ``train.seed``. The model is
     built on the dataset's dimensions and normalisation (state mean/std, the task's reward
     scale). Works the same under torchrun (rank 0 writes ``out_dir``).
+
+    ``init_from`` (fine-tuning, e.g. a length curriculum) starts from the weights and buffers
+    of another run's checkpoint instead of a fresh model; see :func:`init_model_from`. The
+    optimiser, schedule and step count start afresh. With ``resume`` and a checkpoint in
+    ``out_dir``, that checkpoint wins (the run continues where it stopped).
     """
     from aaren_rl.agents.decision_model import build_decision_model
     from aaren_rl.data.tasks import load_task
@@ -216,15 +224,18 @@ def run_training(
         dataset = spec.load_dataset()
     preset = with_action_space(preset, spec)
     seed_everything(train_cfg.seed)  # identical initial weights on every rank
-    model = build_decision_model(
-        preset["model"],
-        dataset.obs_dim,
-        dataset.act_dim,
-        state_mean=dataset.state_mean,
-        state_std=dataset.state_std,
-        reward_scale=spec.reward_scale,
-        return_max=float(dataset.rtg.max()),
-    )
+    if init_from is not None:
+        model = init_model_from(init_from, preset, dataset)
+    else:
+        model = build_decision_model(
+            preset["model"],
+            dataset.obs_dim,
+            dataset.act_dim,
+            state_mean=dataset.state_mean,
+            state_std=dataset.state_std,
+            reward_scale=spec.reward_scale,
+            return_max=float(dataset.rtg.max()),
+        )
     trainer = Trainer(
         model,
         dataset,
@@ -248,6 +259,41 @@ def run_training(
         trainer.close()
 
 
+def init_model_from(
+    path: str | os.PathLike[str], preset: dict[str, Any], dataset: Any
+) -> torch.nn.Module:
+    """The model of checkpoint ``path``, ready to fine-tune under ``preset`` on ``dataset``.
+
+    The checkpoint's model config must equal the preset's in every key but ``max_timestep``
+    (a clear error names the keys that differ). A different ``max_timestep`` resizes the
+    timestep table by interpolation (:func:`~aaren_rl.agents.decision_model.stretch_timesteps`).
+    The normalisation buffers (state mean/std, reward scale, return max) are the checkpoint's:
+    the weights were learned against them, so they stay, whatever the new dataset's statistics.
+    """
+    from aaren_rl.agents.checkpoint import load_agent
+    from aaren_rl.agents.decision_model import DecisionModelConfig, stretch_timesteps
+
+    model, info = load_agent(path)
+    wanted = DecisionModelConfig.from_dict(preset["model"], source=preset["source"]).to_dict()
+    stored = model.config.to_dict()
+    differ = sorted(k for k in wanted if k != "max_timestep" and wanted[k] != stored.get(k))
+    if differ:
+        detail = ", ".join(f"{k}: {stored.get(k)!r} there, {wanted[k]!r} here" for k in differ)
+        raise ValueError(
+            f"{path}: cannot fine-tune from this checkpoint, its model differs from "
+            f"{preset['source']} in {detail}; use the same model settings"
+        )
+    if (model.obs_dim, model.act_dim) != (dataset.obs_dim, dataset.act_dim):
+        raise ValueError(
+            f"{path}: the checkpoint's model takes obs_dim={model.obs_dim}, act_dim="
+            f"{model.act_dim} but the dataset has {dataset.obs_dim} and {dataset.act_dim}; "
+            "fine-tune on a dataset of the same task family"
+        )
+    stretch_timesteps(model, int(wanted["max_timestep"]))
+    model.train()
+    return model
+
+
 def _write_yaml_atomic(path: Path, payload: dict[str, Any]) -> None:
     write_text_atomic(path, yaml.safe_dump(payload, sort_keys=False))
 
@@ -259,6 +305,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="seed (default: the preset's)")
     parser.add_argument("--out", default=None, help="output folder (runs/AGENT/TASK/seedS)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument(
+        "--init-from",
+        default=None,
+        metavar="CHECKPOINT",
+        help="fine-tune: start from another run's weights (same model settings; a different "
+        "model.max_timestep stretches its timestep table)",
+    )
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda:0")
     parser.add_argument(
         "--protocol", default=None, help="a preset's protocols.NAME override set (e.g. cpu)"
@@ -289,6 +342,7 @@ def run(args: argparse.Namespace) -> int:
             protocol=args.protocol,
             overrides=parse_overrides(args.overrides),
             progress=not args.no_progress,
+            init_from=args.init_from,
         )
     except (FileNotFoundError, FileExistsError, ValueError, CheckpointError) as exc:
         print(f"aaren-rl train: error: {exc}", file=sys.stderr)
