@@ -440,7 +440,7 @@ def write_outputs(args: argparse.Namespace, command: str) -> None:
     """Tables, JSON and plot of every finished run under ``--work``."""
     import torch
 
-    from aaren_rl.files import write_json_atomic, write_text_atomic
+    from aaren_rl.files import save_figure_atomic, write_json_atomic, write_text_atomic
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -604,7 +604,8 @@ def write_outputs(args: argparse.Namespace, command: str) -> None:
     axes[0].legend(fontsize=8)
     fig.suptitle("Passive T-maze: success, memory and time per step against corridor length")
     fig.tight_layout()
-    fig.savefig(out / "memory-results.png", dpi=110)
+    save_figure_atomic(fig, out / "memory-results.png", dpi=110)
+    plt.close(fig)
 
 
 def short_protocol(rows: list[dict[str, Any]]) -> str:
