@@ -630,7 +630,7 @@ def success_series(
             for (a, length, steps, p), row in table.items():
                 if a == agent and p == protocol and steps >= best.get(length, (0, None))[0]:
                     best[length] = (steps, row)
-            inits = [r["init_from"] for _, row in best.values() for r in row["runs"]]
+            inits = [r.get("init_from") for _, row in best.values() for r in row["runs"]]
             init = next((i for i in inits if i), None)
             if init is not None:
                 start = table.get(
