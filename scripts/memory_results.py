@@ -461,6 +461,10 @@ def write_outputs(args: argparse.Namespace, command: str) -> None:
         commands.append(command)
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text("\n".join(commands) + "\n")
+    earlier = out / "memory-results.json"
+    earlier_data = json.loads(earlier.read_text()) if earlier.is_file() else {}
+    # the commands of the earlier records kept from that file come first
+    commands = [c for c in earlier_data.get("commands", []) if c not in commands] + commands
     lines = [
         "# T-maze: whole-episode memory against a 20-step window",
         "",
@@ -497,8 +501,6 @@ def write_outputs(args: argparse.Namespace, command: str) -> None:
                         f"{row['per_seed']} | {zero} | {_fmt_bytes(row['state_bytes'])} | "
                         f"{row['ms_last']:.2f} | {cue} |"
                     )
-    earlier = out / "memory-results.json"
-    earlier_data = json.loads(earlier.read_text()) if earlier.is_file() else {}
     costs_path = Path(args.work) / "costs.json"
     costs = (
         json.loads(costs_path.read_text())["rows"]
