@@ -266,19 +266,30 @@ def one_run(
         "ms_per_step_first": float(np.median(prof.latency_ms[:10])),
         "train_seconds": train_s,
         "cue_weight_by_layer": cue_weight(model, dataset),
+        "early_weight_by_layer": cue_weight(model, dataset, first_steps=EARLY_STEPS),
         **zero_shot,
     }
     write_json_atomic(record_path, record)
     return record
 
 
-def cue_weight(model: Any, dataset: Any, n_episodes: int = 32) -> list[float] | None:
+EARLY_STEPS = 10
+
+
+def cue_weight(
+    model: Any, dataset: Any, n_episodes: int = 32, first_steps: int | None = None
+) -> list[float] | None:
     """Aaren only: per layer, the softmax weight the turn's s_t token gives to s_0 (the cue).
 
     On up to ``n_episodes`` data episodes that reached the junction, forward hooks take each
     layer's scores ``[batch, tokens, heads]``; at the last state token the weight of token s_0
     is ``softmax(scores[: last + 1])[s_0]``. Returns, per layer, the mean over episodes of the
     largest weight over heads (1 would be a head that reads the cue alone; 1 / tokens uniform).
+
+    ``first_steps=k``: the summed weight of every token of steps 0 .. k - 1 instead. Above the
+    first layer the cue need not sit in s_0 alone: layer 1's output at an early token is an
+    average over a few tokens, s_0 among them, so it carries the cue strongly, and a later
+    layer can read the cue there.
     """
     import torch
 
@@ -313,7 +324,10 @@ def cue_weight(model: Any, dataset: Any, n_episodes: int = 32) -> list[float] | 
                 last = (len(ep) - 1) * n_tok + s_index
                 for j, scores in enumerate(captured):
                     w = torch.softmax(scores[0, : last + 1].double(), dim=0)  # [tokens, heads]
-                    weights[i, j] = float(w[s_index].max())
+                    if first_steps is None:
+                        weights[i, j] = float(w[s_index].max())
+                    else:
+                        weights[i, j] = float(w[: first_steps * n_tok].sum(0).max())
     finally:
         for h in hooks:
             h.remove()
@@ -341,12 +355,13 @@ def summarise(records: list[dict[str, Any]]) -> dict[tuple[str, int, int, str], 
             ms_last=float(np.median([r["ms_per_step_last"] for r in runs])),
             per_seed=[round(float(s), 3) for s in succ],
             cue_weight=_mean_cue(runs),
+            early_weight=_mean_cue(runs, "early_weight_by_layer"),
         )
     return table
 
 
-def _mean_cue(runs: list[dict[str, Any]]) -> list[float] | None:
-    cues = [r.get("cue_weight_by_layer") for r in runs]
+def _mean_cue(runs: list[dict[str, Any]], key: str = "cue_weight_by_layer") -> list[float] | None:
+    cues = [r.get(key) for r in runs]
     if any(c is None for c in cues):
         return None
     return [round(float(v), 3) for v in np.mean(np.array(cues), axis=0)]
@@ -419,20 +434,22 @@ def record_key(record: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def backfill_cue_weights(work: Path) -> None:
-    """Add the cue weight to finished Aaren runs recorded before it was measured."""
+    """Add the cue weights to finished Aaren runs recorded before they were measured."""
     from aaren_rl.agents.checkpoint import load_agent
     from aaren_rl.agents.trainer import write_json_atomic
     from aaren_rl.data.d4rl_reader import load_d4rl
 
     for path in sorted((work / "runs").glob("L*/aaren*/seed*/run.json")):
         record = json.loads(path.read_text())
-        if record.get("cue_weight_by_layer") is not None:
+        missing = [k for k in ("cue_weight_by_layer", "early_weight_by_layer") if k not in record]
+        if not missing or not (path.parent / "checkpoint.pt").is_file():
             continue
         length = int(record["length"])
         data = work / "data" / f"tmaze-l{length}-mixed-v0.hdf5"
         model, _ = load_agent(path.parent / "checkpoint.pt")
         dataset = load_d4rl(data, max_episode_steps=length + 1)
         record["cue_weight_by_layer"] = cue_weight(model, dataset)
+        record["early_weight_by_layer"] = cue_weight(model, dataset, first_steps=EARLY_STEPS)
         write_json_atomic(path, record)
 
 
@@ -477,14 +494,18 @@ def write_outputs(args: argparse.Namespace, command: str) -> None:
         "values in brackets). Memory = rollout state bytes per env at the last step; time = median",
         "ms per env step over the last 10 steps of a one-env rollout of L + 1 steps, one thread.",
         "Cue weight (Aaren): per layer, the softmax weight the turn's s_t token puts on s_0 (the",
-        "cue), largest over heads, mean over 32 data episodes and the seeds.",
+        "cue), largest over heads, mean over 32 data episodes and the seeds. Weight on steps",
+        f"0-{EARLY_STEPS - 1}: the same, summed over every token of the first {EARLY_STEPS} steps"
+        " (above layer 1",
+        "those tokens carry the cue too).",
         "Protocol: empty = trained from scratch at L with batch 16; 'fine-tuned from L=100' = the",
         "length curriculum (--curriculum-from), where 'steps' counts the steps at L only and",
         "'zero-shot' is the per-seed success of the L=100 weights at L before fine-tuning.",
         "",
         "| agent | L | steps | protocol | seeds | success | per seed | zero-shot per seed "
-        "| memory/env at last step | ms/step at last step | cue weight by layer |",
-        "|---|---:|---:|---|---:|---:|---|---|---:|---:|---|",
+        "| memory/env at last step | ms/step at last step | cue weight by layer "
+        f"| weight on steps 0-{EARLY_STEPS - 1} by layer |",
+        "|---|---:|---:|---|---:|---:|---|---|---:|---:|---|---|",
     ]
     for agent in agents:
         for protocol in protocols:
@@ -495,11 +516,12 @@ def write_outputs(args: argparse.Namespace, command: str) -> None:
                         continue
                     cue = row["cue_weight"] if row["cue_weight"] is not None else ""
                     zero = row["zero_shot"] if row["zero_shot"] is not None else ""
+                    early = row["early_weight"] if row["early_weight"] is not None else ""
                     lines.append(
                         f"| {LABELS[agent]} | {length} | {steps} | {protocol} | {row['seeds']} | "
                         f"{100 * row['success_mean']:.0f}% ± {100 * row['success_std']:.0f} | "
                         f"{row['per_seed']} | {zero} | {_fmt_bytes(row['state_bytes'])} | "
-                        f"{row['ms_last']:.2f} | {cue} |"
+                        f"{row['ms_last']:.2f} | {cue} | {early} |"
                     )
     costs_path = Path(args.work) / "costs.json"
     costs = (

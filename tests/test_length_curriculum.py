@@ -205,3 +205,24 @@ def test_memory_results_curriculum_protocol(tmp_path):
     kept = json.loads((out / "memory-results.json").read_text())["records"]
     assert sum(r["length"] == 1000 and r["seed"] == 7 for r in kept) == 1
     assert len(kept) == len(payload["records"])
+
+
+def test_cue_weights_are_softmax_weights_at_the_turn(tmp_path):
+    """The script's attention read-out: every layer's weights at the turn sum to one, the
+    first step's three tokens weigh at least s_0 alone, and one wide-open layer (zero scores)
+    weighs every token alike."""
+    script = _script()
+    _, data = _task(tmp_path, 6)
+    model = _model(7, backbone="aaren").eval()
+    cue = script.cue_weight(model, data)
+    first = script.cue_weight(model, data, first_steps=1)
+    everything = script.cue_weight(model, data, first_steps=7)
+    assert len(cue) == len(first) == 2
+    assert all(0 < c <= f + 1e-4 for c, f in zip(cue, first, strict=True))
+    np.testing.assert_allclose(everything, 1.0, atol=1e-4)
+    attention = model.backbone.layers[0].attn
+    with torch.no_grad():
+        attention.query.zero_()
+        attention.q_proj.bias.zero_()
+    tokens = 3 * 6 + 2  # R, s, a for steps 0..5, then R_6 and s_6 (the turn)
+    assert script.cue_weight(model, data)[0] == pytest.approx(1 / tokens, abs=1e-4)
