@@ -189,6 +189,15 @@ def success_rate(model: Any, task: Any, seed: int, args) -> float:
     return float(np.mean(res.returns))
 
 
+def clamped_success(init: dict[str, Any], task: Any, seed: int, args) -> float:
+    """Success at ``task``'s length of the ``init`` run's model as it is (its own timestep
+    table: ``act`` clamps every later timestep at the table's last row)."""
+    from aaren_rl.agents.checkpoint import load_agent
+
+    model, _ = load_agent(init["checkpoint"])
+    return success_rate(model, task, seed, args)
+
+
 def one_run(
     agent: str,
     length: int,
@@ -202,7 +211,10 @@ def one_run(
 
     ``init`` (the curriculum): ``{"length", "steps", "batch_size", "checkpoint"}`` of the run
     whose weights this one starts from; the zero-shot success of those weights at ``length``
-    is measured first (once: kept in ``zero_shot.json`` for a resumed run).
+    is measured first (once: kept in ``zero_shot.json`` for a resumed run), with the timestep
+    table stretched (what fine-tuning starts from) and as they are (``act`` then clamps every
+    timestep past the table at its last row; ``zero_shot_clamped_success``). A finished run
+    recorded without the clamped figure gets it added.
     """
     from aaren_rl.agents.rollout import profile_steps
     from aaren_rl.agents.train_cli import init_model_from, resolve_agent, run_training
@@ -212,7 +224,11 @@ def one_run(
     out_dir = run_dir(agent, length, seed, args, init_key)
     record_path = out_dir / "run.json"
     if record_path.is_file():
-        return json.loads(record_path.read_text())
+        record = json.loads(record_path.read_text())
+        if init is not None and "zero_shot_clamped_success" not in record:
+            record["zero_shot_clamped_success"] = clamped_success(init, task, seed, args)
+            write_json_atomic(record_path, record)
+        return record
     preset, _ = AGENTS[agent]
     overrides = overrides_for(agent, length, args)
     zero_shot: dict[str, Any] = {}
@@ -228,10 +244,13 @@ def one_run(
                 "zero_shot_success": success_rate(start, task, seed, args),
                 "zero_shot_cue_weight_by_layer": cue_weight(start, dataset),
             }
+        if "zero_shot_clamped_success" not in zero_shot:
+            zero_shot["zero_shot_clamped_success"] = clamped_success(init, task, seed, args)
             write_json_atomic(zero_path, zero_shot)
             print(
                 f"L={length} {agent} seed{seed}: zero-shot from L={init['length']}: "
-                f"success {zero_shot['zero_shot_success']:.2f}",
+                f"success {zero_shot['zero_shot_success']:.2f} (timesteps clamped: "
+                f"{zero_shot['zero_shot_clamped_success']:.2f})",
                 flush=True,
             )
     t0 = time.perf_counter()
@@ -345,8 +364,10 @@ def summarise(records: list[dict[str, Any]]) -> dict[tuple[str, int, int, str], 
         row["runs"] = runs
         succ = np.array([r["success"] for r in runs])
         zero = [r.get("zero_shot_success") for r in runs]
+        clamped = [r.get("zero_shot_clamped_success") for r in runs]
         row.update(
             zero_shot=None if None in zero else [round(float(z), 3) for z in zero],
+            zero_shot_clamped=None if None in clamped else [round(float(z), 3) for z in clamped],
             success_mean=float(succ.mean()),
             success_std=float(succ.std()),
             seeds=len(runs),
@@ -500,7 +521,9 @@ def write_outputs(args: argparse.Namespace, command: str) -> None:
         "those tokens carry the cue too).",
         "Protocol: empty = trained from scratch at L with batch 16; 'fine-tuned from L=100' = the",
         "length curriculum (--curriculum-from), where 'steps' counts the steps at L only and",
-        "'zero-shot' is the per-seed success of the L=100 weights at L before fine-tuning.",
+        "'zero-shot' is the per-seed success of the L=100 weights at L before fine-tuning, with",
+        "the timestep table stretched to L + 1 rows (and, 'clamped', with the L=100 table as it",
+        "is: every timestep past 100 then shares row 100).",
         "",
         "| agent | L | steps | protocol | seeds | success | per seed | zero-shot per seed "
         "| memory/env at last step | ms/step at last step | cue weight by layer "
@@ -516,6 +539,8 @@ def write_outputs(args: argparse.Namespace, command: str) -> None:
                         continue
                     cue = row["cue_weight"] if row["cue_weight"] is not None else ""
                     zero = row["zero_shot"] if row["zero_shot"] is not None else ""
+                    if row["zero_shot_clamped"] is not None:
+                        zero = f"{zero} (clamped: {row['zero_shot_clamped']})"
                     early = row["early_weight"] if row["early_weight"] is not None else ""
                     lines.append(
                         f"| {LABELS[agent]} | {length} | {steps} | {protocol} | {row['seeds']} | "

@@ -181,6 +181,7 @@ def test_memory_results_curriculum_protocol(tmp_path):
         assert record["init_from"] == {"length": 4, "steps": 3, "batch_size": 4}
         assert record["steps"] == 2 and record["batch_size"] == 2
         assert 0.0 <= record["zero_shot_success"] <= 1.0
+        assert 0.0 <= record["zero_shot_clamped_success"] <= 1.0
         assert json.loads((pre / "run.json").read_text())["init_from"] is None
         model, info = load_agent(tuned / "checkpoint.pt")
         assert model.config.max_timestep == 9 and info["train_config"]["batch_size"] == 2
@@ -193,6 +194,12 @@ def test_memory_results_curriculum_protocol(tmp_path):
     mtime = (tuned / "run.json").stat().st_mtime_ns
     assert script.main(argv) == 0  # every run is finished: nothing is retrained
     assert (tuned / "run.json").stat().st_mtime_ns == mtime
+    # a run recorded before the clamped zero-shot was measured gets it on the next call
+    record = json.loads((tuned / "run.json").read_text())
+    clamped = record.pop("zero_shot_clamped_success")
+    (tuned / "run.json").write_text(json.dumps(record))
+    assert script.main(argv) == 0
+    assert json.loads((tuned / "run.json").read_text())["zero_shot_clamped_success"] == clamped
 
     # records of runs whose folders are gone (not committed) stay in the tables
     payload = json.loads((out / "memory-results.json").read_text())
