@@ -233,3 +233,40 @@ def test_cue_weights_are_softmax_weights_at_the_turn(tmp_path):
         attention.q_proj.bias.zero_()
     tokens = 3 * 6 + 2  # R, s, a for steps 0..5, then R_6 and s_6 (the turn)
     assert script.cue_weight(model, data)[0] == pytest.approx(1 / tokens, abs=1e-4)
+
+
+def test_train_cli_init_from(tmp_path, capsys):
+    """``aaren-rl train --init-from CKPT`` fine-tunes at a longer length from a checkpoint."""
+    import yaml
+
+    from aaren_rl.cli import main
+
+    for length in (4, 8):
+        task, _ = _task(tmp_path, length)
+        raw = {
+            "name": f"tmaze-l{length}",
+            "env_id": task.env_id,
+            "dataset": str(tmp_path / f"tmaze-l{length}.hdf5"),
+            "dataset_format": "d4rl",
+            "max_episode_steps": length + 1,
+            "reward_scale": 1.0,
+            "target_returns": [1.0],
+            "reference_scores": {"success": [0.0, 1.0], "use": "success"},
+        }
+        (tmp_path / f"tmaze-l{length}.yaml").write_text(yaml.safe_dump(raw))
+        (tmp_path / f"agent-l{length}.yaml").write_text(yaml.safe_dump(_agent(length)))
+    common = ["--threads", "1", "--no-progress"]
+    assert main(["train", "--agent", str(tmp_path / "agent-l4.yaml"),
+                 "--task", str(tmp_path / "tmaze-l4.yaml"), "--out", str(tmp_path / "a"),
+                 *common]) == 0  # fmt: skip
+    ckpt = str(tmp_path / "a" / "checkpoint.pt")
+    assert main(["train", "--agent", str(tmp_path / "agent-l8.yaml"),
+                 "--task", str(tmp_path / "tmaze-l8.yaml"), "--out", str(tmp_path / "b"),
+                 "--init-from", ckpt, *common]) == 0  # fmt: skip
+    model, info = load_agent(tmp_path / "b" / "checkpoint.pt")
+    assert model.config.max_timestep == 9 and info["step"] == 3
+    bad = ["--set", "model.n_layers=3"]
+    assert main(["train", "--agent", str(tmp_path / "agent-l8.yaml"),
+                 "--task", str(tmp_path / "tmaze-l8.yaml"), "--out", str(tmp_path / "c"),
+                 "--init-from", ckpt, *bad, *common]) == 2  # fmt: skip
+    assert "cannot fine-tune from this checkpoint" in capsys.readouterr().err
