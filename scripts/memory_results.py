@@ -630,8 +630,12 @@ def write_outputs(args: argparse.Namespace, command: str) -> None:
             label=LABELS[agent] + (f" ({short_protocol(rows)})" if protocol else ""),
         )
     for agent in agents:
-        rows = [r for a, p, series in success_series(table, agents) if a == agent for r in series]
-        xs = [r["runs"][0]["length"] for r in rows]
+        by_length: dict[int, dict[str, Any]] = {}  # one row per L: the first curve's first
+        for a, _, series in success_series(table, agents):
+            for r in series if a == agent else []:
+                by_length.setdefault(r["runs"][0]["length"], r)
+        xs = sorted(by_length)
+        rows = [by_length[L] for L in xs]
         mine = sorted((c for c in costs if c["agent"] == agent), key=lambda c: c["length"])
         if mine:  # the cost sweep covers more lengths than the trained runs
             cx = [c["length"] for c in mine]
@@ -650,7 +654,7 @@ def write_outputs(args: argparse.Namespace, command: str) -> None:
     )
     axes[1].set(xscale="log", yscale="log", xlabel="L", ylabel="state KiB per env, last step")
     axes[2].set(xscale="log", xlabel="L", ylabel="ms per step, last step (1 thread)")
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=7, loc="lower right")
     fig.suptitle("Passive T-maze: success, memory and time per step against corridor length")
     fig.tight_layout()
     save_figure_atomic(fig, out / "memory-results.png", dpi=110)
