@@ -654,7 +654,7 @@ def write_outputs(args: argparse.Namespace, command: str) -> None:
     )
     axes[1].set(xscale="log", yscale="log", xlabel="L", ylabel="state KiB per env, last step")
     axes[2].set(xscale="log", xlabel="L", ylabel="ms per step, last step (1 thread)")
-    axes[0].legend(fontsize=7, loc="lower right")
+    axes[0].legend(fontsize=6.5, loc="lower left")
     fig.suptitle("Passive T-maze: success, memory and time per step against corridor length")
     fig.tight_layout()
     save_figure_atomic(fig, out / "memory-results.png", dpi=110)
