@@ -229,6 +229,33 @@ def test_state_size_does_not_depend_on_length():
     assert state_nbytes(state) == n0 == 2 * 3 * 2 * (8 + 2) * 8  # layers*batch*heads*(Dh+2)*bytes
 
 
+@pytest.mark.parametrize("poisoned", [False, True])
+def test_single_chunk_path_with_carried_state_resets_and_padding(poisoned):
+    """A sequence no longer than one chunk (PPO's [envs, 32] update) skips the scan across
+    chunks: it must equal the reference and the multi-chunk path, state included."""
+    scores, values, g = random_inputs(3, 20, 2, 4, seed=21)
+    carried = aaren_scan(*random_inputs(3, 5, 2, 4, seed=22)[:2])[1]
+    if poisoned:  # row 1 carries a poisoned memory in
+        carried = AarenState(carried.m, carried.u.index_fill(0, torch.tensor([1]), torch.nan),
+                             carried.w)  # fmt: skip
+    resets = torch.rand(3, 20, generator=g) < 0.1
+    resets[0, 0] = resets[2, 9] = True
+    mask = torch.ones(3, 20, dtype=torch.bool)
+    mask[2, 14:] = False
+    one, one_state = aaren_scan(scores, values, carried, resets, mask, chunk_size=32)
+    many, many_state = aaren_scan(scores, values, carried, resets, mask, chunk_size=4)
+    ref, _ = aaren_reference(scores, values, carried, resets, mask)
+    fine = ~torch.isnan(ref)
+    assert torch.equal(torch.isnan(one), ~fine) and torch.equal(torch.isnan(many), ~fine)
+    assert_close64(one[fine], ref[fine])
+    assert_close64(one[fine], many[fine])
+    assert torch.equal(torch.isnan(one_state.u), torch.isnan(many_state.u))
+    ok = ~torch.isnan(many_state.u)
+    assert_close64(one_state.m[ok], many_state.m[ok])
+    assert_close64(one_state.u[ok], many_state.u[ok])
+    assert_close64(one_state.w[ok], many_state.w[ok])
+
+
 # ---- gradients ------------------------------------------------------------------------
 
 

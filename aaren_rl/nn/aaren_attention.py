@@ -287,6 +287,27 @@ def _segmented_inclusive_scan(flags: Tensor, st: AarenState) -> tuple[Tensor, Aa
     return flags, st
 
 
+def _chunk_carries(state: AarenState, local: AarenState, r: Tensor) -> AarenState:
+    """The memory entering every chunk: ``state`` (carried in, ``[B,H]``), ``local`` (each
+    token's memory inside its chunk, ``u [B,H,N,C]``), ``r [B,N,C]`` resets -> ``m, u
+    [B,H,N,1]``, ``w [B,H,N,1,Dh]``. A segmented scan over the chunk summaries (the last
+    token's local memory, and whether the chunk reset), the carried-in state as chunk -1."""
+    batch, n_chunks = r.shape[:2]
+    chunk_flags = torch.cat([r.new_zeros(batch, 1), r.any(dim=2)], dim=1)  # [B,N+1]
+    summary = AarenState(
+        torch.cat([state.m[:, None], local.m[..., -1].permute(0, 2, 1)], dim=1),  # [B,N+1,H]
+        torch.cat([state.u[:, None], local.u[..., -1].permute(0, 2, 1)], dim=1),
+        torch.cat([state.w[:, None], local.w[..., -1, :].permute(0, 2, 1, 3)], dim=1),
+    )
+    _, prefix = _segmented_inclusive_scan(chunk_flags, summary)
+    # the memory entering chunk j is the inclusive prefix up to chunk j-1 (index j here)
+    return AarenState(
+        prefix.m[:, :n_chunks].permute(0, 2, 1)[..., None],  # [B,H,N,1]
+        prefix.u[:, :n_chunks].permute(0, 2, 1)[..., None],
+        prefix.w[:, :n_chunks].permute(0, 2, 1, 3)[..., None, :],  # [B,H,N,1,Dh]
+    )
+
+
 def aaren_scan(
     scores: Tensor,
     values: Tensor,
@@ -352,19 +373,12 @@ def aaren_scan(
 
     # 2. chunk summaries (the last token's local memory, and whether the chunk reset),
     #    with the carried-in state prepended as chunk -1; segmented scan across chunks
-    chunk_flags = torch.cat([resets.new_zeros(batch, 1), r.any(dim=2)], dim=1)  # [B,N+1]
-    summary = AarenState(
-        torch.cat([state.m[:, None], local.m[..., -1].permute(0, 2, 1)], dim=1),  # [B,N+1,H]
-        torch.cat([state.u[:, None], local.u[..., -1].permute(0, 2, 1)], dim=1),
-        torch.cat([state.w[:, None], local.w[..., -1, :].permute(0, 2, 1, 3)], dim=1),
-    )
-    _, prefix = _segmented_inclusive_scan(chunk_flags, summary)
-    # the memory entering chunk j is the inclusive prefix up to chunk j-1 (index j here)
-    carry = AarenState(
-        prefix.m[:, :n_chunks].permute(0, 2, 1)[..., None],  # [B,H,N,1]
-        prefix.u[:, :n_chunks].permute(0, 2, 1)[..., None],
-        prefix.w[:, :n_chunks].permute(0, 2, 1, 3)[..., None, :],  # [B,H,N,1,Dh]
-    )
+    if n_chunks == 1:  # one chunk (short sequences, as in PPO): the carry is the state itself
+        carry = AarenState(
+            state.m[:, :, None, None], state.u[:, :, None, None], state.w[:, :, None, None, :]
+        )
+    else:
+        carry = _chunk_carries(state, local, r)
 
     # 3. each token merges the carry unless a reset inside its chunk came at or before it
     merged = combine(
