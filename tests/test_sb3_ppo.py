@@ -49,7 +49,9 @@ def _varlen(n_envs: int, seed: int, dict_obs: bool = False, **make_kwargs) -> Du
     )
 
 
-def _model(env, critic: str = "separate", plain: bool = False, **kwargs) -> AarenPPO:
+def _model(
+    env, critic: str = "separate", plain: bool = False, skip: bool = False, **kwargs
+) -> AarenPPO:
     policy = "MultiInputAarenPolicy" if isinstance(env.observation_space, spaces.Dict) else None
     defaults = dict(n_steps=40, batch_size=64, sequence_length=16, n_epochs=1, seed=0)
     defaults.update(kwargs)
@@ -57,7 +59,10 @@ def _model(env, critic: str = "separate", plain: bool = False, **kwargs) -> Aare
         policy or "MlpAarenPolicy",
         env,
         policy_kwargs=dict(
-            SMALL, critic=critic, **(dict(decay=False, timestep_embedding=0) if plain else {})
+            SMALL,
+            critic=critic,
+            skip_features=skip,
+            **(dict(decay=False, timestep_embedding=0) if plain else {}),
         ),
         device="cpu",
         **defaults,
@@ -75,17 +80,21 @@ def _collect(model: AarenPPO) -> None:
         ("box", "separate"),
         ("box-plain", "separate"),
         ("box", "shared"),
+        ("box", "joint"),
         ("box", "none"),
+        ("box-skip", "separate"),
+        ("box-skip", "joint"),
         ("discrete", "separate"),
         ("dict", "separate"),
+        ("dict-skip", "separate"),
     ],
 )
 def test_scan_update_reproduces_collection_log_probs_and_values(env_kind, critic):
     if env_kind == "discrete":
         env = make_vec_env("CartPole-v1", n_envs=3, seed=0)
     else:
-        env = _varlen(3, seed=0, dict_obs=env_kind == "dict")
-    model = _model(env, critic, plain=env_kind == "box-plain")
+        env = _varlen(3, seed=0, dict_obs=env_kind.startswith("dict"))
+    model = _model(env, critic, plain=env_kind == "box-plain", skip=env_kind.endswith("skip"))
     _collect(model)
     buffer = model.rollout_buffer
     starts = buffer.episode_starts[1:].sum()
@@ -108,6 +117,26 @@ def test_scan_update_reproduces_collection_log_probs_and_values(env_kind, critic
         torch.testing.assert_close(log_prob, batch.old_log_prob, atol=1e-5, rtol=1e-5)
         seen += len(values)
     assert seen == 40 * 3
+
+
+@pytest.mark.parametrize("critic", ["shared", "joint"])
+def test_only_a_joint_critic_trains_the_actor_memory_with_the_value_loss(critic):
+    model = _model(_varlen(3, seed=0), critic, skip=True)
+    _collect(model)
+    batch = next(model.rollout_buffer.sequences(16, 64, shuffle=False))
+    values, _, _ = model.policy.evaluate_actions(
+        batch.observations,
+        batch.actions,
+        model.policy.unpack(batch.states),
+        batch.episode_starts,
+        batch.mask,
+    )
+    model.policy.zero_grad()
+    ((batch.returns - values) ** 2).mean().backward()
+    grads = [p.grad for p in model.policy.actor_memory.parameters()]
+    reached = any(g is not None and bool(g.abs().sum() > 0) for g in grads)
+    assert reached == (critic == "joint")
+    assert model.policy.critic_memory is None
 
 
 def _actions_of(model: AarenPPO, venv, n_steps: int) -> np.ndarray:

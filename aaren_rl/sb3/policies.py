@@ -7,7 +7,8 @@ SB3's ``ActorCriticPolicy`` with a memory between the features extractor and the
 
 Critic options, like RecurrentPPO's: ``critic="separate"`` (the critic has its own Aaren
 memory, the default), ``"shared"`` (the critic reads the actor's memory, detached, so only the
-actor's loss trains it) or ``"none"`` (the critic is a plain MLP on the features).
+actor's loss trains it, as RecurrentPPO's ``shared_lstm``), ``"joint"`` (one memory that both
+losses train, as PPO's shared features: half the memory's work) or ``"none"`` (the critic is a plain MLP on the features).
 
 Two ways to run the memory, one truth (``tests/test_sb3_ppo.py`` holds them together):
 
@@ -55,7 +56,7 @@ from torch import Tensor, nn
 from aaren_rl.nn.aaren import AarenBackbone, AarenBackboneState
 from aaren_rl.nn.aaren_attention import AarenState
 
-CRITICS = ("separate", "shared", "none")
+CRITICS = ("separate", "shared", "joint", "none")
 
 
 class AarenPPOState(NamedTuple):
@@ -138,7 +139,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
 
     Beyond ``ActorCriticPolicy``'s arguments: ``d_model``, ``n_layers``, ``n_heads``, ``d_ff``
     (default ``4 * d_model``) and ``chunk_size`` size the memory; ``critic`` is one of
-    ``"separate"``, ``"shared"``, ``"none"``.
+    ``"separate"``, ``"shared"``, ``"joint"``, ``"none"``.
     """
 
     def __init__(
@@ -168,6 +169,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         critic: str = "separate",
         timestep_embedding: int = 0,
         decay: bool = False,
+        skip_features: bool = False,
     ) -> None:
         if critic not in CRITICS:
             raise ValueError(f"critic must be one of {CRITICS}, got {critic!r}")
@@ -178,6 +180,11 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         self.d_ff, self.chunk_size, self.critic = d_ff, chunk_size, critic
         self.timestep_embedding = int(timestep_embedding)
         self.decay = bool(decay)
+        self.skip_features = bool(skip_features)
+        if optimizer_kwargs is None and optimizer_class is torch.optim.Adam:
+            # SB3's Adam (eps 1e-5), fused: one kernel for all parameters instead of a dozen
+            # small ops per tensor (about a fifth of an update step on one CPU thread)
+            optimizer_kwargs = dict(eps=1e-5, fused=True)
         super().__init__(
             observation_space,
             action_space,
@@ -215,8 +222,9 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         super()._build(lr_schedule)
 
     def _build_mlp_extractor(self) -> None:
+        latent_dim = self.d_model + (self.features_dim if self.skip_features else 0)
         self.mlp_extractor = MlpExtractor(
-            self.d_model, self.net_arch, self.activation_fn, device=self.device
+            latent_dim, self.net_arch, self.activation_fn, device=self.device
         )
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
@@ -231,6 +239,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             critic=self.critic,
             timestep_embedding=self.timestep_embedding,
             decay=self.decay,
+            skip_features=self.skip_features,
         )
         return data
 
@@ -287,11 +296,18 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         vf_state: AarenBackboneState = ()
         if self.critic_memory is not None:
             latent_vf, vf_state = self.critic_memory.step(vf_features, state.vf, starts, t)
-        elif self.critic == "shared":
-            latent_vf = latent_pi.detach()
+        elif self.critic in ("shared", "joint"):
+            latent_vf = latent_pi.detach() if self.critic == "shared" else latent_pi
         else:
             latent_vf = self.critic_input(vf_features)
+        latent_pi = self._skip(latent_pi, pi_features)
+        latent_vf = self._skip(latent_vf, vf_features)
         return latent_pi, latent_vf, AarenPPOState(pi_state, vf_state, t + 1)
+
+    def _skip(self, latent: Tensor, features: Tensor) -> Tensor:
+        """``latent [.., d_model]`` -> the heads' input: with ``skip_features``, the current
+        step's features ``[.., F]`` beside the memory's output."""
+        return torch.cat([latent, features], dim=-1) if self.skip_features else latent
 
     def forward(  # type: ignore[override]
         self,
@@ -361,10 +377,12 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             latent_vf = self.critic_memory.sequence(
                 vf_features.reshape(n, t, -1), state.vf, resets, valid, steps
             ).reshape(n * t, -1)[flat_valid]
-        elif self.critic == "shared":
-            latent_vf = latent_pi.detach()
+        elif self.critic in ("shared", "joint"):
+            latent_vf = latent_pi.detach() if self.critic == "shared" else latent_pi
         else:
             latent_vf = self.critic_input(vf_features[flat_valid])
+        latent_pi = self._skip(latent_pi, pi_features[flat_valid])
+        latent_vf = self._skip(latent_vf, vf_features[flat_valid])
         distribution = self._get_action_dist_from_latent(
             self.mlp_extractor.forward_actor(latent_pi)
         )
@@ -411,6 +429,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             starts_t = torch.as_tensor(starts.reshape(-1), device=self.device)
             t = torch.where(starts_t, torch.zeros_like(t), t)
             latent, memory = self.actor_memory.step(features, memory, starts_t, t)
+            latent = self._skip(latent, features)
             distribution = self._get_action_dist_from_latent(
                 self.mlp_extractor.forward_actor(latent)
             )

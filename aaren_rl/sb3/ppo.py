@@ -49,7 +49,7 @@ class AarenPPO(OnPolicyAlgorithm):
 
     Arguments are PPO's (``stable_baselines3.PPO``) plus ``sequence_length``; the memory's
     size and the critic option go in ``policy_kwargs`` (``d_model``, ``n_layers``,
-    ``n_heads``, ``d_ff``, ``critic="separate" | "shared" | "none"``).
+    ``n_heads``, ``d_ff``, ``critic="separate" | "shared" | "joint" | "none"``).
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
