@@ -44,6 +44,22 @@ AGENTS = ("aaren_ppo", "aaren_ppo_nodecay", "recurrent_ppo", "ppo", "ppo_stack4"
 ZOO_POLICY = dict(ortho_init=False, activation_fn=nn.ReLU, net_arch=dict(pi=[64], vf=[64]))
 
 
+# AarenPPO's memory on every task (docs/sb3.md has the screening behind it): one Aaren layer
+# of width 64, 4 heads with learned recency decays, a step embedding (zero at first), the heads
+# reading the current step's features beside the memory, one memory for actor and critic
+AAREN_PRESET = dict(
+    d_model=64,
+    n_layers=1,
+    n_heads=4,
+    timestep_embedding=512,
+    decay=True,
+    skip_features=True,
+    critic="joint",
+)
+# aaren_ppo_nodecay: the paper's Aaren (no recency) and heads that read only the memory
+AAREN_PAPER = dict(d_model=64, n_layers=1, n_heads=2, timestep_embedding=512)
+
+
 def linear(start: float):
     """rl-zoo's ``lin_<start>``: linear decay from ``start`` to 0 over training."""
 
@@ -72,11 +88,11 @@ TASKS: dict[str, dict[str, Any]] = {
         ),
         sequence_length=32,
     ),
-    # ppo_lstm.yml, PendulumNoVel-v1
+    # ppo_lstm.yml, PendulumNoVel-v1 (no batch_size there: RecurrentPPO's default, 128)
     "PendulumNoVel-v1": dict(
         n_envs=4,
         timesteps=100_000,
-        normalize=True,
+        normalize=False,
         hp=dict(
             n_steps=1024,
             batch_size=128,
@@ -163,8 +179,7 @@ def build(agent: str, task: str, venv, seed: int):
     hp = dict(spec["hp"])
     common = dict(seed=seed, device="cpu", verbose=0)
     if agent.startswith("aaren_ppo"):
-        kwargs = dict(ZOO_POLICY, d_model=64, n_layers=1, n_heads=2, timestep_embedding=512)
-        kwargs["decay"] = agent == "aaren_ppo"  # aaren_ppo_nodecay: the paper's Aaren
+        kwargs = dict(ZOO_POLICY, **(AAREN_PRESET if agent == "aaren_ppo" else AAREN_PAPER))
         return AarenPPO(
             "MlpAarenPolicy",
             venv,
@@ -263,8 +278,27 @@ def report(results: list[dict[str, Any]], md_path: Path, png_path: Path) -> str:
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
-    table = "\n".join(lines)
-    return table
+    return "\n".join(lines + ["", *fps_ratios(results)])
+
+
+def fps_ratios(results: list[dict[str, Any]]) -> list[str]:
+    """AarenPPO's fps over RecurrentPPO's, per task and seed (the two ran one after the other
+    in one job), with each run's load average."""
+    lines = [
+        "| task | seed | aaren_ppo fps | recurrent_ppo fps | ratio | load (aaren, lstm) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    runs = {(r["task"], r["agent"], r["seed"]): r for r in results}
+    for (task, agent, seed), aaren in runs.items():
+        lstm = runs.get((task, "recurrent_ppo", seed))
+        if agent != "aaren_ppo" or lstm is None:
+            continue
+        loads = f"{aaren['stamp']['load_average']:.1f}, {lstm['stamp']['load_average']:.1f}"
+        lines.append(
+            f"| {task} | {seed} | {aaren['fps']:.0f} | {lstm['fps']:.0f} | "
+            f"{aaren['fps'] / lstm['fps']:.2f}x | {loads} |"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

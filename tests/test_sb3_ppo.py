@@ -50,23 +50,38 @@ def _varlen(n_envs: int, seed: int, dict_obs: bool = False, **make_kwargs) -> Du
 
 
 def _model(
-    env, critic: str = "separate", plain: bool = False, skip: bool = False, **kwargs
+    env,
+    critic: str = "separate",
+    plain: bool = False,
+    skip: bool = False,
+    norm_first: bool = True,
+    **kwargs,
 ) -> AarenPPO:
     policy = "MultiInputAarenPolicy" if isinstance(env.observation_space, spaces.Dict) else None
     defaults = dict(n_steps=40, batch_size=64, sequence_length=16, n_epochs=1, seed=0)
     defaults.update(kwargs)
-    return AarenPPO(
+    model = AarenPPO(
         policy or "MlpAarenPolicy",
         env,
         policy_kwargs=dict(
             SMALL,
             critic=critic,
             skip_features=skip,
+            norm_first=norm_first,
             **(dict(decay=False, timestep_embedding=0) if plain else {}),
         ),
         device="cpu",
         **defaults,
     )
+    _randomise_time_embeddings(model)
+    return model
+
+
+def _randomise_time_embeddings(model: AarenPPO) -> None:
+    """The step embeddings start at zero: make them matter, so the tests see each step's."""
+    for memory in (model.policy.actor_memory, model.policy.critic_memory):
+        if memory is not None and memory.time is not None:
+            torch.nn.init.normal_(memory.time.weight, generator=torch.Generator().manual_seed(1))
 
 
 def _collect(model: AarenPPO) -> None:
@@ -84,6 +99,7 @@ def _collect(model: AarenPPO) -> None:
         ("box", "none"),
         ("box-skip", "separate"),
         ("box-skip", "joint"),
+        ("box-skip-post", "separate"),
         ("discrete", "separate"),
         ("dict", "separate"),
         ("dict-skip", "separate"),
@@ -94,7 +110,13 @@ def test_scan_update_reproduces_collection_log_probs_and_values(env_kind, critic
         env = make_vec_env("CartPole-v1", n_envs=3, seed=0)
     else:
         env = _varlen(3, seed=0, dict_obs=env_kind.startswith("dict"))
-    model = _model(env, critic, plain=env_kind == "box-plain", skip=env_kind.endswith("skip"))
+    model = _model(
+        env,
+        critic,
+        plain=env_kind == "box-plain",
+        skip="skip" in env_kind,
+        norm_first="post" not in env_kind,
+    )
     _collect(model)
     buffer = model.rollout_buffer
     starts = buffer.episode_starts[1:].sum()

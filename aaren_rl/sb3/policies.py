@@ -80,13 +80,22 @@ class AarenMemory(nn.Module):
     """``features [.., F]`` -> Linear -> :class:`AarenBackbone` -> LayerNorm -> ``[.., d_model]``."""
 
     def __init__(self, features_dim: int, d_model: int, n_layers: int, n_heads: int, d_ff: int | None,
-                 chunk_size: int, timestep_embedding: int = 0, decay: bool = False) -> None:  # fmt: skip
+                 chunk_size: int, timestep_embedding: int = 0, decay: bool = False,
+                 norm_first: bool = True) -> None:  # fmt: skip
         super().__init__()
         self.embed = nn.Linear(features_dim, d_model)
         self.max_t = timestep_embedding
         self.time = nn.Embedding(timestep_embedding, d_model) if timestep_embedding else None
+        if self.time is not None:  # zero at first: N(0, 1) rows would drown the observation
+            nn.init.zeros_(self.time.weight)
         self.backbone = AarenBackbone(
-            d_model, n_layers, n_heads, d_ff, chunk_size=chunk_size, decay=decay
+            d_model,
+            n_layers,
+            n_heads,
+            d_ff,
+            norm_first=norm_first,
+            chunk_size=chunk_size,
+            decay=decay,
         )
         self.norm = nn.LayerNorm(d_model)
 
@@ -170,6 +179,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         timestep_embedding: int = 0,
         decay: bool = False,
         skip_features: bool = False,
+        norm_first: bool = True,
     ) -> None:
         if critic not in CRITICS:
             raise ValueError(f"critic must be one of {CRITICS}, got {critic!r}")
@@ -181,6 +191,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         self.timestep_embedding = int(timestep_embedding)
         self.decay = bool(decay)
         self.skip_features = bool(skip_features)
+        self.norm_first = bool(norm_first)
         if optimizer_kwargs is None and optimizer_class is torch.optim.Adam:
             # SB3's Adam (eps 1e-5), fused: one kernel for all parameters instead of a dozen
             # small ops per tensor (about a fifth of an update step on one CPU thread)
@@ -208,7 +219,8 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
     # ------------------------------------------------------------------ building
     def _new_memory(self) -> AarenMemory:
         return AarenMemory(self.features_dim, self.d_model, self.n_layers, self.n_heads, self.d_ff,
-                           self.chunk_size, self.timestep_embedding, self.decay)  # fmt: skip
+                           self.chunk_size, self.timestep_embedding, self.decay,
+                           self.norm_first)  # fmt: skip
 
     def _build(self, lr_schedule: Schedule) -> None:
         # The memories exist before SB3 builds the heads and the optimiser over all parameters.
@@ -240,6 +252,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             timestep_embedding=self.timestep_embedding,
             decay=self.decay,
             skip_features=self.skip_features,
+            norm_first=self.norm_first,
         )
         return data
 
