@@ -30,6 +30,11 @@ without it a memory cannot tell the episode's first observation from a later one
 the step of each token comes from the carried count and the resets without a loop (the index
 minus the index of the last reset, a ``cummax``).
 
+``skip_features=True`` hands the MLP heads the current step's features beside the memory's
+output (``[.., d_model + F]``), so the memory need not carry the present observation too.
+``norm_first`` picks the block's pre-norm (default) or post-norm layout. The step embedding
+starts at zero: ``nn.Embedding``'s N(0, 1) rows would drown the embedded observation.
+
 ``decay=True`` gives every head a learned recency rate (``AarenBackbone(decay=True)``): a past
 token's score falls by the rate per step, so a head can average the last few observations (a
 velocity from positions) as well as the whole episode.
@@ -148,7 +153,9 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
 
     Beyond ``ActorCriticPolicy``'s arguments: ``d_model``, ``n_layers``, ``n_heads``, ``d_ff``
     (default ``4 * d_model``) and ``chunk_size`` size the memory; ``critic`` is one of
-    ``"separate"``, ``"shared"``, ``"joint"``, ``"none"``.
+    ``"separate"``, ``"shared"``, ``"joint"``, ``"none"``; ``timestep_embedding``, ``decay``,
+    ``skip_features`` and ``norm_first`` as in the module docstring. With the default Adam the
+    optimiser is fused (``eps=1e-5`` as SB3's, one kernel for every parameter).
     """
 
     def __init__(
