@@ -90,8 +90,8 @@ if AVAILABLE:
         return flat[offs[i] : offs[i + 1]]
 
     @_jit
-    def _rstd(x):
-        """``1 / sqrt(var(x) + eps)`` of one row ``[D]`` (two passes, as :func:`_standardize`)."""
+    def _mean_rstd(x):
+        """``(mean(x), 1 / sqrt(var(x) + eps))`` of one row ``[D]``, in two passes."""
         d = x.shape[0]
         mean = np.float32(0.0)
         for k in range(d):
@@ -101,22 +101,18 @@ if AVAILABLE:
         for k in range(d):
             c = x[k] - mean
             var += c * c
-        return np.float32(1.0) / np.sqrt(var / d + np.float32(EPS))
+        return mean, np.float32(1.0) / np.sqrt(var / d + np.float32(EPS))
+
+    @_jit
+    def _rstd(x):
+        """``1 / sqrt(var(x) + eps)`` of one row ``[D]`` (as :func:`_standardize`)."""
+        return _mean_rstd(x)[1]
 
     @_jit
     def _standardize(x, out):
         """``out = (x - mean(x)) / sqrt(var(x) + eps)`` over one row ``[D]``."""
-        d = x.shape[0]
-        mean = np.float32(0.0)
-        for k in range(d):
-            mean += x[k]
-        mean /= d
-        var = np.float32(0.0)
-        for k in range(d):
-            c = x[k] - mean
-            var += c * c
-        r = np.float32(1.0) / np.sqrt(var / d + np.float32(EPS))
-        for k in range(d):
+        mean, r = _mean_rstd(x)
+        for k in range(x.shape[0]):
             out[k] = (x[k] - mean) * r
 
     @_jit
