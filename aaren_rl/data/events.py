@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from aaren_rl.data.errors import DatasetError
+from aaren_rl.data.seeded_sampler import SeededSampler
 from aaren_rl.files import write_text_atomic
 
 FIELDS = ("time_since_start", "time_since_last_event", "type_event")
@@ -357,20 +358,14 @@ class EventData:
         }
 
 
-class EventSampler:
+class EventSampler(SeededSampler):
     """Random training batches of whole sequences; saveable generator."""
 
     def __init__(self, data: EventData, seed: int) -> None:
+        super().__init__(seed)
         self.data = data
-        self.rng = np.random.default_rng(seed)
 
     def sample(self, batch_size: int) -> dict[str, np.ndarray]:
-        n = len(self.data.splits["train"])
-        rows = self.rng.choice(n, size=batch_size, replace=batch_size > n)
-        return self.data.batch("train", rows)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"bit_generator": self.rng.bit_generator.state}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rng.bit_generator.state = state["bit_generator"]
+        return self.data.batch(
+            "train", self._distinct_rows(len(self.data.splits["train"]), batch_size)
+        )

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from aaren_rl.data.errors import DatasetError
+from aaren_rl.data.seeded_sampler import SeededSampler
 
 
 @dataclass
@@ -341,20 +342,14 @@ def _label_key(label: str) -> tuple[int, float | str]:
         return (1, label)
 
 
-class ClassifySampler:
+class ClassifySampler(SeededSampler):
     """Random training batches (without replacement inside a batch), saveable generator."""
 
     def __init__(self, data: ClassifyData, seed: int) -> None:
+        super().__init__(seed)
         self.data = data
-        self.rng = np.random.default_rng(seed)
 
     def sample(self, batch_size: int) -> dict[str, np.ndarray]:
-        n = len(self.data.train.series)
-        rows = self.rng.choice(n, size=batch_size, replace=batch_size > n)
-        return self.data.batch("train", rows)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"bit_generator": self.rng.bit_generator.state}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rng.bit_generator.state = state["bit_generator"]
+        return self.data.batch(
+            "train", self._distinct_rows(len(self.data.train.series), batch_size)
+        )

@@ -13,12 +13,12 @@ saved and restored so that a resumed run draws the same batches:
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
 
 import numpy as np
 import torch
 
 from aaren_rl.data.errors import DatasetError
+from aaren_rl.data.seeded_sampler import SeededSampler
 from aaren_rl.data.trajectories import TrajectoryDataset
 
 
@@ -94,12 +94,12 @@ def gather_sequences(
     )
 
 
-class _Sampler:
-    """Shared parts: the length-weighted episode choice and the generator's state."""
+class _Sampler(SeededSampler):
+    """Shared parts: the length-weighted episode choice (and, from the base, the generator)."""
 
     def __init__(self, dataset: TrajectoryDataset, seed: int | None) -> None:
+        super().__init__(seed)
         self.dataset = dataset
-        self.rng = np.random.default_rng(seed)
         # P(episode i) = T_i / N: the episode holding a uniformly drawn transition.
         self._episode_ends = np.cumsum(dataset.episode_lengths)
 
@@ -108,14 +108,6 @@ class _Sampler:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         rows = self.rng.integers(0, int(self._episode_ends[-1]), size=batch_size)
         return np.searchsorted(self._episode_ends, rows, side="right")
-
-    def state_dict(self) -> dict[str, Any]:
-        """The generator's state, to save in a checkpoint."""
-        return {"bit_generator": self.rng.bit_generator.state}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a state from :meth:`state_dict`; the next batches repeat the saved run's."""
-        self.rng.bit_generator.state = state["bit_generator"]
 
 
 class WindowSampler(_Sampler):

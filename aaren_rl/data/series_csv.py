@@ -20,11 +20,11 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from aaren_rl.data.errors import DatasetError
+from aaren_rl.data.seeded_sampler import SeededSampler
 
 SPLITS = ("auto", "ett-hour", "ett-minute", "ratio")
 ETT_MONTH_HOURS = 30 * 24
@@ -210,23 +210,17 @@ class ForecastWindows:
         return {"x": block[:, : self.input_len], "y": block[:, self.input_len :]}
 
 
-class ForecastSampler:
+class ForecastSampler(SeededSampler):
     """Random training windows (uniform over every window), from a saveable generator."""
 
     def __init__(self, windows: ForecastWindows, seed: int) -> None:
         if len(windows) < 1:
             raise ValueError("the training split holds no full window")
+        super().__init__(seed)
         self.windows = windows
-        self.rng = np.random.default_rng(seed)
 
     def sample(self, batch_size: int) -> dict[str, np.ndarray]:
         return self.windows.batch(self.rng.integers(0, len(self.windows), size=batch_size))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"bit_generator": self.rng.bit_generator.state}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rng.bit_generator.state = state["bit_generator"]
 
 
 @dataclass
