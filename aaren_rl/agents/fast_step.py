@@ -328,6 +328,18 @@ class FastDecisionStep:
             raise ValueError("timestep must be >= 0")
         return t.long().clamp_max(self.config.max_timestep - 1)
 
+    def _check_action(self, shape: tuple[int, ...], state: FastState) -> int:
+        """Refuse an action whose shape is not ``[B, act_dim]`` for ``state``'s B envs (or a
+        state that does not fit); returns B."""
+        b = state.has_pending.shape[0]
+        if tuple(shape) != (b, self.act_dim):
+            raise ValueError(
+                f"action has shape {tuple(shape)} but the model expects ({b}, {self.act_dim}) "
+                f"(act_dim={self.act_dim})"
+            )
+        self._check_state(state, b)
+        return b
+
     def _check_state(self, state: FastState, batch: int) -> None:
         if not isinstance(state, FastState):
             raise TypeError(
@@ -414,26 +426,14 @@ class FastDecisionStep:
         """``DecisionModel.observe_action``: record a_t ``[B, act_dim]`` (fed with the next act)."""
         if self._native is not None:
             a_np = _cpu_array(action, np.float32)
-            b = state.has_pending.shape[0]
-            if a_np.shape != (b, self.act_dim):
-                raise ValueError(
-                    f"action has shape {tuple(a_np.shape)} but the model expects "
-                    f"({b}, {self.act_dim}) (act_dim={self.act_dim})"
-                )
-            self._check_state(state, b)
+            b = self._check_action(a_np.shape, state)
             t_np = self._timestep_array(timestep, b)
             status = self._native.observe(a_np, t_np, state)  # checked, then written
             if status:
                 self._refuse(status, t_np, action=a_np)
             return state
         a = torch.as_tensor(action, device=self.device, dtype=self.dtype)
-        b = state.has_pending.shape[0]
-        if a.shape != (b, self.act_dim):
-            raise ValueError(
-                f"action has shape {tuple(a.shape)} but the model expects ({b}, {self.act_dim}) "
-                f"(act_dim={self.act_dim})"
-            )
-        self._check_state(state, b)
+        b = self._check_action(a.shape, state)
         t = self._timestep(timestep, b)  # every check before the state changes
         check_step_inputs(timestep, action=a)
         state.pending_action.copy_(a)
