@@ -141,8 +141,7 @@ def test_sampled_rollouts_are_reproducible_by_seed():
         np.testing.assert_array_equal(x.actions, y.actions)
 
 
-def _checkpoint(model, tmp_path, env_id):
-    path = tmp_path / f"{model.config.action_space}.pt"
+def _write_checkpoint(model, path, task):
     save_checkpoint(
         path,
         model=model,
@@ -151,10 +150,15 @@ def _checkpoint(model, tmp_path, env_id):
         step=1,
         agent_config={"model": model.config.to_dict()},
         train_config={},
-        task={"name": "t", "env_id": env_id},
+        task=task,
         rng_state={},
     )
-    return load_agent(path)[0]
+    return path
+
+
+def _checkpoint(model, tmp_path, env_id):
+    path = tmp_path / f"{model.config.action_space}.pt"
+    return load_agent(_write_checkpoint(model, path, {"name": "t", "env_id": env_id}))[0]
 
 
 def test_space_mismatch_between_checkpoint_and_env_is_a_clear_error(tmp_path):
@@ -249,17 +253,7 @@ def test_evaluate_cli_samples_discrete_actions_like_evaluate_agent(tmp_path, cap
     model = discrete_model(seed=3)
     path = tmp_path / "d.pt"
     task = {"name": "t", "env_id": TMAZE, "target_returns": [1.0], "max_episode_steps": 7}
-    save_checkpoint(
-        path,
-        model=model,
-        optimizer=None,
-        scheduler=None,
-        step=1,
-        agent_config={"model": model.config.to_dict()},
-        train_config={},
-        task=task,
-        rng_state={},
-    )
+    _write_checkpoint(model, path, task)
     out = tmp_path / "e.json"
     argv = ["evaluate", str(path), "--episodes", "6", "--envs", "2", "--seed", "4", "--sample"]
     assert main([*argv, "--json", str(out), "--no-progress", "--device", "cpu"]) == 0
