@@ -171,6 +171,7 @@ def test_set_overrides(key, raw):
 @given(
     key=st.sampled_from([*TASK, "reference_source", "bogus", 3]), value=values, drop=st.booleans()
 )
+@example(key="reference_scores", value=[0, 1], drop=False)  # once named reference_source only
 def test_task_spec_values(tmp_path_factory, key, value, drop):
     data = copy.deepcopy(TASK)
     if drop and key in data:

@@ -124,6 +124,11 @@ def test_plain_reference_pair_with_source(tmp_path):
         ("reward_scale", -1.0, "'reward_scale': is -1.0, not positive"),
         ("target_returns", "high", "'target_returns'.*not a list of numbers.*\\[3600, 1800\\]"),
         ("reference_scores", [3.0], "'reference_scores'.*not a \\[random, expert\\] pair"),
+        (
+            "reference_scores",
+            [0.0, 1.0],
+            "'reference_scores': is a bare .* pair, and `reference_source` is missing",
+        ),
         ("reference_scores", {"a": [5.0, 1.0], "use": "a"}, "expert return must exceed"),
         ("reference_scores", {"a": [0, 1], "use": "b"}, "has no table 'b'"),
         ("dataset_format", "csv", "'dataset_format'.*not one of"),

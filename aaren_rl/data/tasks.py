@@ -191,6 +191,15 @@ def _references(
             use = next(iter(table))
     else:
         pair = _pair(value, path, key)
+        if choose is None and "reference_source" not in raw:
+            # the pair is the field the user wrote: name it, and the field it needs beside it
+            raise DatasetError.about(
+                path,
+                key,
+                "is a bare [random, expert] pair, and `reference_source` is missing",
+                f"for example `reference_source: {EXAMPLES['reference_source']}` beside it",
+                f"set 'reference_source' in {path.name}",
+            )
         use = choose or _string(raw, path, "reference_source")
         table = {use: pair}
     if use not in table:
