@@ -81,6 +81,9 @@ from aaren_rl.agents.train_cli import run_training
 from aaren_rl.data.tasks import load_task
 from aaren_rl.training import NonFiniteLossError
 
+def say(line):  # one write() per line: the ranks share stdout, a pipe
+    sys.stdout.write(line + "\\n")
+    sys.stdout.flush()
 agent, task, out = sys.argv[1:4]
 spec = load_task(task)
 data = spec.load_dataset()
@@ -89,9 +92,9 @@ data.actions[start : start + length] = np.nan  # only episode 3 is bad
 try:
     run_training(agent, spec, out_dir=out, device="cpu", progress=False, dataset=data)
 except NonFiniteLossError as exc:
-    print(f"RANK {os.environ['RANK']} STOPPED {exc.step} {exc.checkpoint_step}", flush=True)
+    say(f"RANK {os.environ['RANK']} STOPPED {exc.step} {exc.checkpoint_step}")
     sys.exit(1)
-print(f"RANK {os.environ['RANK']} FINISHED", flush=True)
+say(f"RANK {os.environ['RANK']} FINISHED")
 """
 
 
@@ -229,11 +232,14 @@ def logged_step(self):
         print(f"STEP {self.step}", flush=True)
     return result
 TrainingLoop.train_step = logged_step
+def say(line):  # one write() per line: the ranks share stdout, a pipe
+    sys.stdout.write(line + "\\n")
+    sys.stdout.flush()
 agent, task, out = sys.argv[1:4]
 try:
     run_training(agent, task, out_dir=out, device="cpu", progress=False)
 except KeyboardInterrupt as exc:
-    print(f"RANK {os.environ['RANK']} INTERRUPTED {getattr(exc, 'step', None)}", flush=True)
+    say(f"RANK {os.environ['RANK']} INTERRUPTED {getattr(exc, 'step', None)}")
     sys.exit(130)
 """
 
