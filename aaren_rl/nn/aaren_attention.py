@@ -47,6 +47,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from aaren_rl.nn.aaren_one_chunk import one_chunk_scan
+
 # Tokens per chunk of the training scan. Measured by `aaren-rl bench agent` (fwd+bwd, width 128,
 # 3 layers, batch 8, one CPU thread; docs/performance.md): 32 was fastest at T = 300 and 3,000
 # (3.44 s against 3.65 s for 64 and 4.57 s for 128 at T = 3,000), 64 at T = 60 within noise.
@@ -189,7 +191,9 @@ def _check_inputs(
     return out[0], out[1]
 
 
-def _state_or_empty(state: AarenState | None, scores: Tensor, values: Tensor) -> AarenState:
+def _state_or_empty(
+    state: AarenState | None, scores: Tensor, values: Tensor, canonical: bool = True
+) -> AarenState:
     batch, _, heads, head_dim = values.shape
     if state is None:
         return initial_aaren_state(batch, heads, head_dim, scores.device, scores.dtype)
@@ -197,7 +201,7 @@ def _state_or_empty(state: AarenState | None, scores: Tensor, values: Tensor) ->
         raise ValueError(
             f"carried-in state has w {tuple(state.w.shape)}, expected {(batch, heads, head_dim)}"
         )
-    return _canonical(state)
+    return _canonical(state) if canonical else state
 
 
 def aaren_reference(
@@ -330,8 +334,15 @@ def aaren_scan(
         ``(outputs [batch, time, heads, head_dim], final state)``.
     """
     resets, mask = _check_inputs(scores, values, resets, mask)
-    state = _state_or_empty(state, scores, values)
     batch, t_len, heads, head_dim = values.shape
+    if 0 < t_len <= chunk_size and not torch.compiler.is_compiling():
+        # one chunk (PPO's short sequences): a hand-written backward, for finite inputs
+        fast = one_chunk_scan(
+            scores, values, *_state_or_empty(state, scores, values, False), resets, mask
+        )
+        if fast is not None:
+            return fast[0], AarenState(*fast[1:])
+    state = _state_or_empty(state, scores, values)
     if t_len == 0:
         return values.new_zeros(values.shape), state
     poison, scores, values = _sanitize(scores, values)
