@@ -75,15 +75,47 @@ class _SequenceMixin:
 
     def reset(self) -> None:
         self.states = np.zeros((self.buffer_size, self.n_envs, self.state_dim), dtype=np.float32)
+        self._sequence_cache: tuple[int, dict[str, object]] | None = None
         super().reset()  # type: ignore[misc]
 
     def add(self, *args, state: np.ndarray, **kwargs) -> None:
         """The SB3 buffer's ``add`` plus ``state [n_envs, state_dim]``, carried into this step."""
         super().add(*args, **kwargs)  # type: ignore[misc]
         self.states[self.pos - 1] = np.asarray(state, dtype=np.float32)  # pos has advanced
+        self._sequence_cache = None
+
+    def compute_returns_and_advantage(self, *args, **kwargs) -> None:
+        super().compute_returns_and_advantage(*args, **kwargs)  # type: ignore[misc]
+        self._sequence_cache = None  # returns and advantages changed
 
     def _observation_sequences(self, seq_len: int) -> np.ndarray | dict[str, np.ndarray]:
         raise NotImplementedError
+
+    def _sequence_tensors(self, seq_len: int) -> dict[str, object]:
+        """The whole rollout as sequences, on the device: built once per rollout and length
+        (every epoch of the update reads the same), not once per epoch."""
+        if self._sequence_cache is not None and self._sequence_cache[0] == seq_len:
+            return self._sequence_cache[1]
+        n_steps = self.buffer_size
+        first = np.arange(0, n_steps, seq_len)
+        obs = self._observation_sequences(seq_len)
+        tensors: dict[str, object] = {
+            "mask": _to_sequences(np.ones((n_steps, self.n_envs), dtype=bool), seq_len),
+            "episode_starts": _to_sequences(self.episode_starts.astype(bool), seq_len),
+            "states": np.swapaxes(self.states[first], 0, 1).reshape(-1, self.state_dim),
+            "observations": obs,
+        }
+        # the float32 per-step fields side by side, so that a minibatch gathers them at once
+        per_step = [getattr(self, k) for k in ("values", "log_probs", "advantages", "returns")]
+        tensors["per_step"] = _to_sequences(np.stack(per_step, axis=-1), seq_len)
+        tensors["actions"] = _to_sequences(self.actions, seq_len)  # the action space's dtype
+        for name, value in tensors.items():  # copies: later rollouts reuse the arrays
+            if isinstance(value, dict):
+                tensors[name] = {k: self.to_torch(v) for k, v in value.items()}
+            else:
+                tensors[name] = self.to_torch(value)
+        self._sequence_cache = (seq_len, tensors)
+        return tensors
 
     def sequences(
         self, seq_len: int, batch_size: int, shuffle: bool = True
@@ -91,41 +123,32 @@ class _SequenceMixin:
         """Minibatches of about ``batch_size`` steps: ``max(1, batch_size // seq_len)``
         sequences each, in random order (``shuffle``) or rollout order."""
         assert self.full, "the rollout buffer is not full"
-        n_steps = self.buffer_size
-        seq_len = min(seq_len, n_steps)
-        mask = _to_sequences(np.ones((n_steps, self.n_envs), dtype=bool), seq_len)
-        starts = _to_sequences(self.episode_starts.astype(bool), seq_len)
-        first = np.arange(0, n_steps, seq_len)
-        states = np.swapaxes(self.states[first], 0, 1).reshape(-1, self.state_dim)
-        obs = self._observation_sequences(seq_len)
-        per_step = {
-            name: _to_sequences(getattr(self, name), seq_len)
-            for name in ("actions", "values", "log_probs", "advantages", "returns")
-        }
+        seq_len = min(seq_len, self.buffer_size)
+        data = self._sequence_tensors(seq_len)
+        mask, obs = data["mask"], data["observations"]
         n_seq = mask.shape[0]
         per_batch = max(1, batch_size // seq_len)
         # the global generator, as SB3's buffers use: set_random_seed(seed) makes it repeatable
         order = np.random.permutation(n_seq) if shuffle else np.arange(n_seq)  # noqa: NPY002
+        order = torch.as_tensor(order, device=self.device)
         for lo in range(0, n_seq, per_batch):
             idx = order[lo : lo + per_batch]
             m = mask[idx]
+            rows = data["per_step"][idx][m]  # [M, 4] at the valid steps
             if isinstance(obs, dict):
-                batch_obs = {
-                    k: self.to_torch(v[idx].reshape(-1, *v.shape[2:])) for k, v in obs.items()
-                }
+                batch_obs = {k: v[idx].reshape(-1, *v.shape[2:]) for k, v in obs.items()}
             else:
-                batch_obs = self.to_torch(obs[idx].reshape(-1, *obs.shape[2:]))
-            valid_of = {k: v[idx][m] for k, v in per_step.items()}
+                batch_obs = obs[idx].reshape(-1, *obs.shape[2:])
             yield AarenSequences(
                 observations=batch_obs,
-                actions=self.to_torch(valid_of["actions"]),
-                old_values=self.to_torch(valid_of["values"].reshape(-1)),
-                old_log_prob=self.to_torch(valid_of["log_probs"].reshape(-1)),
-                advantages=self.to_torch(valid_of["advantages"].reshape(-1)),
-                returns=self.to_torch(valid_of["returns"].reshape(-1)),
-                states=self.to_torch(states[idx]),
-                episode_starts=torch.as_tensor(starts[idx], device=self.device),
-                mask=torch.as_tensor(m, device=self.device),
+                actions=data["actions"][idx][m],
+                old_values=rows[:, 0],
+                old_log_prob=rows[:, 1],
+                advantages=rows[:, 2],
+                returns=rows[:, 3],
+                states=data["states"][idx],
+                episode_starts=data["episode_starts"][idx],
+                mask=m,
             )
 
 

@@ -271,6 +271,7 @@ class AarenPPO(OnPolicyAlgorithm):
         approx_kl_divs: list[float] = []
         continue_training = True
         loss = torch.zeros(())
+        params = list(policy.parameters())  # once: walking the modules costs ~0.1 ms a time
         for epoch in range(self.n_epochs):
             approx_kl_divs = []
             for batch in self.rollout_buffer.sequences(seq_len, self.batch_size):
@@ -318,7 +319,7 @@ class AarenPPO(OnPolicyAlgorithm):
                     break
                 policy.optimizer.zero_grad()
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), self.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
                 policy.optimizer.step()
             self._n_updates += 1
             if not continue_training:
