@@ -35,7 +35,8 @@ The three forms:
 - :func:`aaren_scan`: the training path. Chunks of ``C`` tokens are solved exactly with a
   ``[C, C]`` masked softmax (matmul-shaped); chunk summaries are combined by a segmented
   Hillis-Steele scan (``log2(T / C)`` rounds, no loop over time); each token then merges the
-  carry of earlier chunks. ``O(T C)`` work and memory, differentiable.
+  carry of earlier chunks. ``O(T C)`` work and memory, differentiable. One finite chunk goes
+  to :mod:`aaren_rl.nn.aaren_one_chunk` (a hand-written backward).
 - :func:`aaren_step`: the inference path, one token per call.
 """
 
@@ -324,7 +325,10 @@ def aaren_scan(
 
     Same contract as :func:`aaren_reference`, without the ``[T, T]`` matrix: memory is
     ``O(T * chunk_size)``. No Python loop over time steps; ``log2(T / chunk_size)`` rounds
-    combine the chunk summaries.
+    combine the chunk summaries. A sequence of one chunk whose real tokens and carried state
+    are finite (PPO's short sequences) takes :func:`~aaren_rl.nn.aaren_one_chunk.one_chunk_scan`
+    instead: the same result in far fewer ops, with a hand-written backward
+    (``tests/test_aaren_one_chunk.py`` holds the two together).
 
     Args:
         scores: ``[batch, time, heads]``; values: ``[batch, time, heads, head_dim]``;
