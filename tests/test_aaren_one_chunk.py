@@ -155,3 +155,38 @@ def test_wide_score_spread_takes_the_dense_form_in_float32():
     ref, _ = aaren_reference(scores.double(), values.double(), None, resets, mask)
     assert torch.isfinite(fast).all()
     assert ((fast.double() - ref).abs().max() / ref.abs().max()).item() <= 1e-5
+
+
+def _count_forms(monkeypatch) -> dict[str, int]:
+    calls = {"factored": 0, "dense": 0}
+    for name, cls in (
+        ("factored", one_chunk.FactoredOneChunkScan),
+        ("dense", one_chunk.OneChunkScan),
+    ):
+        apply = cls.apply
+
+        def counted(*args, _apply=apply, _name=name):
+            calls[_name] += 1
+            return _apply(*args)
+
+        monkeypatch.setattr(cls, "apply", counted)
+    return calls
+
+
+def test_route_follows_each_rows_running_max(monkeypatch):
+    """Tokens far below the reference are fine when their row's max is not (the first token
+    dominates every later row): the factored form, exact within float32. Rows whose own max
+    is far below (early rows before a late jump) take the dense form."""
+    calls = _count_forms(monkeypatch)
+    scores, values, _, resets, mask = _inputs(8, "none")
+    resets[:] = False
+    low_after_high = scores.float().clone()
+    low_after_high[:, 0] += 100.0  # token 0 leads every row; the others are 100 below it
+    jump = scores.float().clone()
+    jump[:, T // 2 :] += 200.0  # rows before the jump have their max 200 below R
+    for case, expected in ((low_after_high, "factored"), (jump, "dense")):
+        before = dict(calls)
+        fast, _ = aaren_scan(case, values.float(), None, resets, mask, chunk_size=T)
+        ref, _ = aaren_reference(case.double(), values, None, resets, mask)
+        assert calls[expected] == before[expected] + 1, expected
+        assert ((fast.double() - ref).abs().max() / ref.abs().max()).item() <= 1e-5

@@ -72,17 +72,17 @@ class AarenAttention(nn.Module):
         return self._collapse_keys()
 
     def _collapse_keys(self) -> tuple[Tensor, Tensor]:
-        q = self.q_proj(self.query).view(self.n_heads, self.head_dim)  # [H, Dh]
-        w_k = self.k_proj.weight.view(self.n_heads, self.head_dim, self.d_model)  # [H, Dh, D]
-        scale = 1.0 / math.sqrt(self.head_dim)
-        kappa = torch.einsum("hd,hdm->hm", q, w_k) * scale
-        const = (q * self.k_proj.bias.view(self.n_heads, self.head_dim)).sum(-1) * scale
-        return kappa, const
+        # the key weights and bias side by side, so both collapse in one product and sum
+        q = self.q_proj(self.query).view(self.n_heads, self.head_dim, 1)  # [H, Dh, 1]
+        w_k = torch.cat([self.k_proj.weight, self.k_proj.bias[:, None]], dim=1)  # [D, D+1]
+        collapsed = (q * w_k.view(self.n_heads, self.head_dim, self.d_model + 1)).sum(1)
+        collapsed = collapsed * (1.0 / math.sqrt(self.head_dim))  # [H, D+1]
+        return collapsed[:, : self.d_model], collapsed[:, self.d_model]
 
     def scores_and_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``x [..., d_model]`` -> ``(scores [..., heads], values [..., heads, head_dim])``."""
         kappa, const = self.score_weights()
-        scores = x @ kappa.t() + const
+        scores = torch.nn.functional.linear(x, kappa, const)
         values = self.v_proj(x).unflatten(-1, (self.n_heads, self.head_dim))
         return scores, values
 

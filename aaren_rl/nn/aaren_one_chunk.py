@@ -138,7 +138,7 @@ class FactoredOneChunkScan(torch.autograd.Function):
     second factor cancels in ``o_t``. So ``E_i = exp(s_i - R)`` once per token, and the sums
     over the allowed pairs are one ``[T, T] @ [T, H (Dh + 1)]`` matmul of the 0/1 mask with
     ``[E v, E]``: exact, without a subtraction, as long as no ``E_i`` underflows, which the
-    caller checks (every score within ``_SPREAD`` of ``R``). The final state is brought back
+    caller checks (every row's running max within ``_spread_limit`` of ``R``). The final state is brought back
     to the last token's own max ``M``, as :class:`OneChunkScan` returns it.
 
     ``(s [B,T,H], v [B,T,H,Dh], m0, u0 [B,H], w0 [B,H,Dh], ref [B,H] (R, finite), allowed
@@ -227,8 +227,10 @@ class FactoredOneChunkScan(torch.autograd.Function):
         return ds, dv, dm0, du0, dw0, None, None, None, None
 
 
-# Scores further than this below a row's largest one send the row to the dense form: a factor
-# exp(s - R) must stay a normal float (3/4 of its exponent range: 65 in float32, 531 in float64).
+# A row whose own running max lies further than this below the reference R sends the input to
+# the dense form: 3/4 of the float's exponent range (65 in float32, 531 in float64), so that the
+# row's leading factor exp(M_t - R) stays a normal float, and a token that underflows lies at
+# least the last quarter (22 in float32) below its row's max: a weight under e^-22 = 3e-10.
 def _spread_limit(dtype: torch.dtype) -> float:
     return -0.75 * math.log(torch.finfo(dtype).tiny)
 
@@ -253,6 +255,7 @@ def one_chunk_scan(
         ``(outputs [batch, time, heads, head_dim], m, u [batch, heads], w [batch, heads,
         head_dim])``: the outputs and the memory after the last token; or None.
     """
+    batch = scores.shape[0]
     with torch.no_grad():
         s, m = scores.detach(), m0.detach()
         real = mask[..., None]  # [B,T,1]: padding is selected away, whatever it holds
@@ -260,11 +263,19 @@ def one_chunk_scan(
         probe = probe + (u0.detach() + w0.detach().sum(-1)).sum()
         # the reference R: the largest score of a real token, or the carry if anyone sees it
         seen = ~resets[:, :1]  # [B,1]: the first token (and so some token) sees the carry
-        top = torch.where(real, s, float("-inf")).amax(dim=1)  # [B,H]; NaN, +inf propagate
-        top = torch.maximum(top, torch.where(seen, m, float("-inf")))
-        low = torch.where(real & (s > float("-inf")), s, float("inf")).amin(dim=1)
-        low = torch.minimum(low, torch.where(seen & (m > float("-inf")), m, float("inf")))
-        narrow = ((top - low) <= _spread_limit(s.dtype)).all()  # False for NaN or +inf
+        real_s = torch.where(real, s, float("-inf"))  # [B,T,H]
+        carry_m = torch.where(seen, m, float("-inf"))[:, None]  # [B,1,H], at position -1
+        top = torch.maximum(real_s.amax(dim=1), carry_m[:, 0])  # [B,H]; NaN, +inf propagate
+        # every row's own running max M_t must lie within the limit below R (a token further
+        # below its row's max than the float range weighs nothing at the float's precision).
+        # M_t is a prefix max inside t's segment: one cummax over segment * 4L + (s - R),
+        # clamped to [-2L, 0], so that a later segment's keys lie above every earlier one's.
+        limit = _spread_limit(s.dtype)
+        segment = torch.cumsum(resets.long(), dim=1).to(s.dtype)[..., None]  # [B,T,1]
+        rel = (torch.cat([carry_m, real_s], dim=1) - top[:, None]).clamp(min=-2 * limit)
+        key = rel + 4 * limit * torch.cat([segment.new_zeros(batch, 1, 1), segment], dim=1)
+        row_max = key.cummax(dim=1).values[:, 1:] - 4 * limit * segment  # M_t - R, [B,T,H]
+        narrow = (row_max >= -limit).all()  # False for NaN or +inf, and for an empty row
         factored = bool(torch.isfinite(probe) & narrow)
         if not factored:
             probe = probe + torch.where(real, s, 0.0).clamp(min=0).sum()
