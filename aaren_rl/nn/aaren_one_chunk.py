@@ -134,12 +134,12 @@ class FactoredOneChunkScan(torch.autograd.Function):
     """The one-chunk scan with the exponentials taken once per token, not once per pair.
 
     ``P_ti = exp(s_i - M_t)`` factors as ``exp(s_i - R) exp(R - M_t)`` for one reference
-    ``R`` per row and head (the largest score, :func:`one_chunk_scan` computes it), and the
-    second factor cancels in ``o_t``. So ``E_i = exp(s_i - R)`` once per token, and the sums
-    over the allowed pairs are one ``[T, T] @ [T, H (Dh + 1)]`` matmul of the 0/1 mask with
-    ``[E v, E]``: exact, without a subtraction, as long as no ``E_i`` underflows, which the
-    caller checks (every row's running max within ``_spread_limit`` of ``R``). The final state is brought back
-    to the last token's own max ``M``, as :class:`OneChunkScan` returns it.
+    ``R`` per sequence and head (the largest score; :func:`one_chunk_scan` computes it), and
+    the second factor cancels in ``o_t``. So ``E_i = exp(s_i - R)`` once per token, and the
+    sums over the allowed pairs are one ``[T, T] @ [T, H (Dh + 1)]`` matmul of the 0/1 mask
+    with ``[E v, E]``: exact, without a subtraction, as long as no row's own max underflows,
+    which the caller checks (every running max within ``_spread_limit`` of ``R``). The final
+    state is brought back to the last token's own max ``M``, as :class:`OneChunkScan` returns.
 
     ``(s [B,T,H], v [B,T,H,Dh], m0, u0 [B,H], w0 [B,H,Dh], ref [B,H] (R, finite), allowed
     [B,T,T] bool, sees_carry [B,T] bool, mask [B,T] bool)`` -> ``(out [B,T,H,Dh], m, u
