@@ -56,6 +56,8 @@ AAREN_PRESET = dict(
     skip_features=True,
     critic="joint",
 )
+# AarenPPO's own PPO settings where they differ from the task's (the baselines keep the zoo's)
+AAREN_HP: dict[str, dict[str, Any]] = {}
 # aaren_ppo_nodecay: the paper's Aaren (no recency) and heads that read only the memory
 AAREN_PAPER = dict(d_model=64, n_layers=1, n_heads=2, timestep_embedding=512)
 
@@ -75,7 +77,7 @@ TASKS: dict[str, dict[str, Any]] = {
     "CartPoleNoVel-v1": dict(
         n_envs=8,
         timesteps=100_000,
-        normalize=True,
+        normalize=dict(norm_obs=True, norm_reward=False),  # the zoo's normalize_kwargs
         hp=dict(
             n_steps=32,
             batch_size=256,
@@ -92,7 +94,7 @@ TASKS: dict[str, dict[str, Any]] = {
     "PendulumNoVel-v1": dict(
         n_envs=4,
         timesteps=100_000,
-        normalize=False,
+        normalize=None,
         hp=dict(
             n_steps=1024,
             batch_size=128,
@@ -111,7 +113,7 @@ TASKS: dict[str, dict[str, Any]] = {
     "popgym-RepeatFirstEasy-v0": dict(
         n_envs=8,
         timesteps=100_000,
-        normalize=False,
+        normalize=None,
         hp=dict(
             n_steps=64,
             batch_size=256,
@@ -149,12 +151,13 @@ def _wrapper(task: str):
     return OneHot if discrete else None
 
 
-def make_env(task: str, agent: str, n_envs: int, seed: int, normalize: bool, training: bool):
+def make_env(task: str, agent: str, n_envs: int, seed: int, normalize: dict | None, training: bool):
+    """The task's vector env; ``normalize`` holds VecNormalize's keywords (None: none)."""
     venv = make_vec_env(task, n_envs=n_envs, seed=seed, wrapper_class=_wrapper(task))
     if agent == "ppo_stack4":
         venv = VecFrameStack(venv, n_stack=4)
-    if normalize:
-        venv = VecNormalize(venv, training=training, norm_reward=training)
+    if normalize is not None:
+        venv = VecNormalize(venv, training=training, **normalize)
     return venv
 
 
@@ -174,20 +177,19 @@ class Curve(BaseCallback):
             self.points.append((int(self.num_timesteps), mean))
 
 
-def build(agent: str, task: str, venv, seed: int):
+def build(agent: str, task: str, venv, seed: int, variant: dict[str, Any] | None = None):
+    """The agent on ``task``; ``variant`` (AarenPPO only) overrides the preset's policy
+    keywords (``policy``) and the PPO settings (``hp``, ``sequence_length`` included)."""
     spec = TASKS[task]
     hp = dict(spec["hp"])
     common = dict(seed=seed, device="cpu", verbose=0)
     if agent.startswith("aaren_ppo"):
+        variant = variant or {}
         kwargs = dict(ZOO_POLICY, **(AAREN_PRESET if agent == "aaren_ppo" else AAREN_PAPER))
-        return AarenPPO(
-            "MlpAarenPolicy",
-            venv,
-            sequence_length=spec["sequence_length"],
-            policy_kwargs=kwargs,
-            **hp,
-            **common,
-        )
+        kwargs.update(variant.get("policy", {}))
+        hp = dict(hp, sequence_length=spec["sequence_length"], **AAREN_HP.get(task, {}))
+        hp.update(variant.get("hp", {}))
+        return AarenPPO("MlpAarenPolicy", venv, policy_kwargs=kwargs, **hp, **common)
     if agent == "recurrent_ppo":
         from sb3_contrib import RecurrentPPO
 
@@ -196,16 +198,18 @@ def build(agent: str, task: str, venv, seed: int):
     return PPO("MlpPolicy", venv, policy_kwargs=dict(ZOO_POLICY), **hp, **common)
 
 
-def run_one(task: str, agent: str, seed: int, timesteps: int) -> dict[str, Any]:
+def run_one(
+    task: str, agent: str, seed: int, timesteps: int, variant: dict[str, Any] | None = None
+) -> dict[str, Any]:
     spec = TASKS[task]
     venv = make_env(task, agent, spec["n_envs"], seed, spec["normalize"], training=True)
-    model = build(agent, task, venv, seed)
+    model = build(agent, task, venv, seed, variant)
     curve = Curve()
     t0 = time.perf_counter()
     model.learn(timesteps, callback=curve)
     wall = time.perf_counter() - t0
     eval_env = make_env(task, agent, 1, 10_000 + seed, spec["normalize"], training=False)
-    if spec["normalize"]:
+    if spec["normalize"] is not None:
         eval_env.obs_rms = venv.obs_rms
     returns, lengths = evaluate_policy(
         model, eval_env, n_eval_episodes=10, deterministic=True, return_episode_rewards=True
@@ -242,12 +246,15 @@ def stamp(threads: int) -> dict[str, Any]:
 
 
 def report(results: list[dict[str, Any]], md_path: Path, png_path: Path) -> str:
-    """A markdown table (mean/std over seeds of the evaluation return, fps) and a plot."""
+    """A markdown table (mean/std over seeds of the evaluation return, fps) and a plot of
+    the untagged runs; screening runs (``--tag``) get a table of their own."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    screens = [r for r in results if r.get("tag")]
+    results = [r for r in results if not r.get("tag")]
     tasks = [t for t in TASKS if any(r["task"] == t for r in results)]
     lines = [
         "| task | agent | seeds | steps | eval return (mean ± std over seeds) | per seed | fps |",
@@ -278,7 +285,31 @@ def report(results: list[dict[str, Any]], md_path: Path, png_path: Path) -> str:
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
-    return "\n".join(lines + ["", *fps_ratios(results)])
+    return "\n".join(lines + ["", *fps_ratios(results), *screening(screens)])
+
+
+def screening(runs: list[dict[str, Any]]) -> list[str]:
+    """One row per (task, agent, tag): eval mean ± std over seeds, per seed, the training
+    curve's last point per seed, fps and load."""
+    if not runs:
+        return []
+    lines = [
+        "",
+        "| task | agent | tag | seeds | eval (mean ± std) | per seed | curve end | fps (load) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    keys = dict.fromkeys((r["task"], r["agent"], r["tag"]) for r in runs)
+    for task, agent, tag in keys:
+        group = [r for r in runs if (r["task"], r["agent"], r["tag"]) == (task, agent, tag)]
+        means = np.array([r["eval_mean"] for r in group])
+        seeds = ", ".join(f"{r['seed']}: {r['eval_mean']:.0f}" for r in group)
+        ends = ", ".join(f"{r['curve'][-1][1]:.0f}" if r["curve"] else "-" for r in group)
+        fps = ", ".join(f"{r['fps']:.0f} ({r['stamp']['load_average']:.1f})" for r in group)
+        lines.append(
+            f"| {task} | {agent} | {tag} | {len(group)} | {means.mean():.1f} ± "
+            f"{means.std():.1f} | {seeds} | {ends} | {fps} |"
+        )
+    return lines
 
 
 def fps_ratios(results: list[dict[str, Any]]) -> list[str]:
@@ -315,7 +346,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("docs/sb3_runs.json"))
     parser.add_argument("--report", action="store_true", help="only write the table and plot")
+    parser.add_argument(
+        "--variant",
+        type=json.loads,
+        default=None,
+        help='screening: AarenPPO overrides as JSON, {"policy": {...}, "hp": {...}}',
+    )
+    parser.add_argument("--tag", default="", help="the variant's name (part of a run's key)")
     args = parser.parse_args(argv)
+    if args.variant is not None and not args.tag:
+        parser.error("--variant needs a --tag naming it (runs are keyed by task, agent, seed, tag)")
     torch.set_num_threads(args.threads)
     register_memory_envs()
     data = json.loads(args.out.read_text()) if args.out.exists() else {"runs": []}
@@ -333,14 +373,17 @@ def main(argv: list[str] | None = None) -> int:
                 done = [
                     r
                     for r in data["runs"]
-                    if (r["task"], r["agent"], r["seed"], r["timesteps_asked"])
-                    == (task, agent, seed, steps)
+                    if (r["task"], r["agent"], r["seed"], r["timesteps_asked"], r.get("tag", ""))
+                    == (task, agent, seed, steps, args.tag)
                 ]
                 if done:
                     continue
-                print(f"{task} {agent} seed {seed}: {steps} steps ...", flush=True)
-                result = run_one(task, agent, seed, steps)
+                print(f"{task} {agent} {args.tag} seed {seed}: {steps} steps ...", flush=True)
+                variant = args.variant if agent.startswith("aaren_ppo") else None
+                result = run_one(task, agent, seed, steps, variant)
                 result.update(timesteps_asked=steps, stamp=stamp(args.threads))
+                if args.tag:
+                    result.update(tag=args.tag, variant=args.variant)
                 print(
                     f"  eval {result['eval_mean']:.1f} ± {result['eval_std']:.1f}, "
                     f"{result['fps']:.0f} fps, {result['wall_s']:.0f} s",
