@@ -55,6 +55,7 @@ def _model(
     plain: bool = False,
     skip: bool = False,
     norm_first: bool = True,
+    short_conv: int = 0,
     **kwargs,
 ) -> AarenPPO:
     policy = "MultiInputAarenPolicy" if isinstance(env.observation_space, spaces.Dict) else None
@@ -68,6 +69,7 @@ def _model(
             critic=critic,
             skip_features=skip,
             norm_first=norm_first,
+            short_conv=short_conv,
             **(dict(decay=False, timestep_embedding=0) if plain else {}),
         ),
         device="cpu",
@@ -78,15 +80,22 @@ def _model(
 
 
 def _randomise_time_embeddings(model: AarenPPO) -> None:
-    """The step embeddings start at zero: make them matter, so the tests see each step's."""
+    """The step embeddings start at zero and the short convolution at the identity: make them
+    matter, so the tests see each step's embedding and every lag."""
+    generator = torch.Generator().manual_seed(1)
     for memory in (model.policy.actor_memory, model.policy.critic_memory):
         if memory is not None and memory.time is not None:
-            torch.nn.init.normal_(memory.time.weight, generator=torch.Generator().manual_seed(1))
+            torch.nn.init.normal_(memory.time.weight, generator=generator)
+        if memory is not None and memory.short_conv:
+            torch.nn.init.normal_(memory.embed.taps, generator=generator)
 
 
-def _collect(model: AarenPPO) -> None:
+def _collect(model: AarenPPO, rollouts: int = 1) -> None:
+    """``rollouts`` rollouts in a row: from the second on, the live state (the memory and the
+    short convolution's history) is carried into the buffer's first step."""
     _, callback = model._setup_learn(10_000, None)
-    assert model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
+    for _ in range(rollouts):
+        assert model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
 
 
 @pytest.mark.parametrize(
@@ -103,10 +112,15 @@ def _collect(model: AarenPPO) -> None:
         ("discrete", "separate"),
         ("dict", "separate"),
         ("dict-skip", "separate"),
+        ("box-conv", "separate"),
+        ("box-conv-skip", "joint"),
+        ("box-conv", "none"),
+        ("discrete-conv", "separate"),
+        ("dict-conv-skip", "separate"),
     ],
 )
 def test_scan_update_reproduces_collection_log_probs_and_values(env_kind, critic):
-    if env_kind == "discrete":
+    if env_kind.startswith("discrete"):
         env = make_vec_env("CartPole-v1", n_envs=3, seed=0)
     else:
         env = _varlen(3, seed=0, dict_obs=env_kind.startswith("dict"))
@@ -116,16 +130,22 @@ def test_scan_update_reproduces_collection_log_probs_and_values(env_kind, critic
         plain=env_kind == "box-plain",
         skip="skip" in env_kind,
         norm_first="post" not in env_kind,
+        short_conv=4 if "conv" in env_kind else 0,
     )
-    _collect(model)
+    conv = "conv" in env_kind
+    _collect(model, rollouts=2 if conv else 1)
     buffer = model.rollout_buffer
     starts = buffer.episode_starts[1:].sum()
     assert starts >= 3  # episodes start inside sequences, not only at their first step
+    if conv:  # the second rollout starts with a live history in some env
+        carried = model.policy.unpack(torch.as_tensor(buffer.states[0])).pi_conv
+        assert carried.shape == (3, 3, model.policy.features_dim)
+        assert bool((carried.abs().sum((1, 2)) > 0).any())
     seen = 0
     for batch in buffer.sequences(16, 64, shuffle=False):  # 40 steps: 16 + 16 + 8 (padded)
         assert not batch.mask.all() or batch.mask.shape[1] == 16
         actions = batch.actions
-        if env_kind == "discrete":
+        if env_kind.startswith("discrete"):
             actions = actions.long().flatten()
         with torch.no_grad():
             values, log_prob, _ = model.policy.evaluate_actions(
@@ -171,8 +191,9 @@ def _actions_of(model: AarenPPO, venv, n_steps: int) -> np.ndarray:
     return np.stack(out)
 
 
-def test_each_env_gets_the_actions_it_gets_alone():
-    model = _model(_varlen(4, seed=0))
+@pytest.mark.parametrize("short_conv", [0, 3])
+def test_each_env_gets_the_actions_it_gets_alone(short_conv):
+    model = _model(_varlen(4, seed=0), short_conv=short_conv)
     model.learn(160)  # trained a little, so the memory matters
     together = _actions_of(model, _varlen(4, seed=20), 60)
     for i in range(4):
@@ -180,12 +201,29 @@ def test_each_env_gets_the_actions_it_gets_alone():
         np.testing.assert_allclose(together[:, i], alone[:, 0], atol=1e-5, rtol=0)
 
 
-def test_save_load_gives_identical_actions(tmp_path):
-    model = _model(_varlen(2, seed=0), critic="shared")
+def test_predict_carries_the_short_conv_history_as_collection_does():
+    model = _model(_varlen(2, seed=0), short_conv=3)
+    venv = _varlen(2, seed=7)
+    obs, state, starts = venv.reset(), None, np.ones(2, dtype=bool)
+    live = model.policy.initial_state(2)
+    for _ in range(40):  # VarLen's episodes last 4 to 30 steps: resets on the way
+        action, state = model.predict(obs, state=state, episode_start=starts, deterministic=True)
+        with torch.no_grad():
+            obs_t = torch.as_tensor(obs)
+            expected, _, _, live = model.policy(obs_t, live, torch.as_tensor(starts), True)
+        np.testing.assert_allclose(action, np.clip(expected.numpy(), -1, 1), atol=1e-6, rtol=0)
+        np.testing.assert_array_equal(state[-2], live.pi_conv.numpy())
+        assert state[-2].shape == (2, 2, 3)
+        obs, _, starts, _ = venv.step(action)
+
+
+@pytest.mark.parametrize("short_conv", [0, 3])
+def test_save_load_gives_identical_actions(tmp_path, short_conv):
+    model = _model(_varlen(2, seed=0), critic="shared", short_conv=short_conv)
     model.learn(80)
     model.save(tmp_path / "aaren_ppo.zip")
     loaded = AarenPPO.load(tmp_path / "aaren_ppo.zip", env=_varlen(3, seed=0), device="cpu")
-    assert loaded.policy.critic == "shared"
+    assert loaded.policy.critic == "shared" and loaded.policy.short_conv == short_conv
     assert loaded._last_aaren_state is not None and loaded.rollout_buffer.n_envs == 3
     np.testing.assert_array_equal(
         _actions_of(model, _varlen(2, seed=5), 50), _actions_of(loaded, _varlen(2, seed=5), 50)
@@ -207,13 +245,14 @@ class _Record(BaseCallback):
         return True
 
 
-def test_truncated_episode_is_bootstrapped_with_its_envs_state():
+@pytest.mark.parametrize("short_conv", [0, 4])
+def test_truncated_episode_is_bootstrapped_with_its_envs_state(short_conv):
     env = make_vec_env(
         lambda: gym.wrappers.TimeLimit(gym.make(VARLEN_ID).unwrapped, max_episode_steps=3),
         n_envs=2,
         seed=0,
     )
-    model = _model(env, gamma=0.9, n_steps=12)
+    model = _model(env, gamma=0.9, n_steps=12, short_conv=short_conv)
     record = _Record()
     _, callback = model._setup_learn(10_000, record)
     assert model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
@@ -237,7 +276,12 @@ def test_truncated_episode_is_bootstrapped_with_its_envs_state():
                 mask = torch.ones(1, n, dtype=torch.bool)
                 steps = torch.arange(n)[None]
                 latent = policy.critic_memory.sequence(
-                    policy.extract_features(obs).reshape(1, n, -1), state.vf, resets, mask, steps
+                    policy.extract_features(obs).reshape(1, n, -1),
+                    state.vf,
+                    resets,
+                    mask,
+                    steps,
+                    state.vf_conv,
                 )[0, -1]
                 value = policy.value_net(policy.mlp_extractor.forward_critic(latent[None]))
             assert buffer.rewards[t, i] == pytest.approx(raw[i] + 0.9 * value.item(), abs=1e-5)
@@ -295,3 +339,5 @@ def test_set_env_with_another_env_count_and_bad_spaces():
     assert issubclass(AarenPPO.policy_aliases["MultiInputAarenPolicy"], MultiInputAarenPolicy)
     with pytest.raises(ValueError, match="critic must be one of"):
         _model(_varlen(1, seed=0), critic="lstm")
+    with pytest.raises(ValueError, match="short_conv must be 0"):
+        _model(_varlen(1, seed=0), short_conv=-1)

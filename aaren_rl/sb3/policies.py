@@ -60,17 +60,22 @@ from torch import Tensor, nn
 
 from aaren_rl.nn.aaren import AarenBackbone, AarenBackboneState
 from aaren_rl.nn.aaren_attention import AarenState
+from aaren_rl.sb3.short_conv import ShortConv
 
 CRITICS = ("separate", "shared", "joint", "none")
 
 
 class AarenPPOState(NamedTuple):
-    """The live memory of every env: ``pi`` (actor), ``vf`` (critic, ``()`` if none) and
-    ``t [n_envs]`` (long), the steps each env has taken in its episode."""
+    """The live memory of every env: ``pi`` (actor), ``vf`` (critic, ``()`` if none),
+    ``t [n_envs]`` (long), the steps each env has taken in its episode, and with
+    ``short_conv=K`` each memory's last ``K - 1`` features ``[n_envs, K - 1, F]`` (``pi_conv``,
+    ``vf_conv``; None without)."""
 
     pi: AarenBackboneState
     vf: AarenBackboneState
     t: Tensor
+    pi_conv: Tensor | None = None
+    vf_conv: Tensor | None = None
 
 
 def step_index(t0: Tensor, resets: Tensor) -> Tensor:
@@ -82,13 +87,19 @@ def step_index(t0: Tensor, resets: Tensor) -> Tensor:
 
 
 class AarenMemory(nn.Module):
-    """``features [.., F]`` -> Linear -> :class:`AarenBackbone` -> LayerNorm -> ``[.., d_model]``."""
+    """``features [.., F]`` -> Linear (or :class:`ShortConv` with ``short_conv=K``) ->
+    :class:`AarenBackbone` -> LayerNorm -> ``[.., d_model]``."""
 
     def __init__(self, features_dim: int, d_model: int, n_layers: int, n_heads: int, d_ff: int | None,
                  chunk_size: int, timestep_embedding: int = 0, decay: bool = False,
-                 norm_first: bool = True) -> None:  # fmt: skip
+                 norm_first: bool = True, short_conv: int = 0) -> None:  # fmt: skip
         super().__init__()
-        self.embed = nn.Linear(features_dim, d_model)
+        self.short_conv = short_conv
+        self.embed = (
+            ShortConv(features_dim, d_model, short_conv)
+            if short_conv
+            else nn.Linear(features_dim, d_model)
+        )
         self.max_t = timestep_embedding
         self.time = nn.Embedding(timestep_embedding, d_model) if timestep_embedding else None
         if self.time is not None:  # zero at first: N(0, 1) rows would drown the observation
@@ -104,29 +115,48 @@ class AarenMemory(nn.Module):
         )
         self.norm = nn.LayerNorm(d_model)
 
-    def tokens(self, features: Tensor, t: Tensor) -> Tensor:
-        """``features [..., F]``, step in the episode ``t [...]`` -> tokens ``[..., d_model]``."""
-        x = self.embed(features)
+    def initial_history(self, batch_size: int) -> Tensor | None:
+        """The short convolution's empty history ``[batch, K - 1, F]`` (None without one)."""
+        return self.embed.initial_history(batch_size) if self.short_conv else None
+
+    def _add_time(self, x: Tensor, t: Tensor) -> Tensor:
         if self.time is not None:
             x = x + self.time(t.clamp(0, self.max_t - 1))
         return x
 
     def step(
-        self, features: Tensor, state: AarenBackboneState, episode_starts: Tensor, t: Tensor
-    ) -> tuple[Tensor, AarenBackboneState]:
+        self,
+        features: Tensor,
+        state: AarenBackboneState,
+        episode_starts: Tensor,
+        t: Tensor,
+        history: Tensor | None = None,
+    ) -> tuple[Tensor, AarenBackboneState, Tensor | None]:
         """``features [B, F]``, ``episode_starts [B]`` bool, ``t [B]`` the step in the episode
-        (after the reset) -> ``(latent [B, d_model], state)``."""
+        (after the reset), ``history [B, K-1, F]`` with a short convolution ->
+        ``(latent [B, d_model], state, history)``."""
         if bool(episode_starts.any()):
             state = self.backbone.reset_state(state, episode_starts)
-        y, state = self.backbone.step(self.tokens(features, t), state)
-        return self.norm(y), state
+        if self.short_conv:
+            x, history = self.embed.step(features, history, episode_starts)
+        else:
+            x = self.embed(features)
+        y, state = self.backbone.step(self._add_time(x, t), state)
+        return self.norm(y), state, history
 
     def sequence(
-        self, features: Tensor, state: AarenBackboneState, resets: Tensor, mask: Tensor, t: Tensor
+        self,
+        features: Tensor,
+        state: AarenBackboneState,
+        resets: Tensor,
+        mask: Tensor,
+        t: Tensor,
+        history: Tensor | None = None,
     ) -> Tensor:
-        """``features [N, T, F]``, ``state`` carried into each row, ``resets``/``mask``/``t``
-        ``[N, T]`` -> ``latent [N, T, d_model]`` (one parallel scan)."""
-        y, _ = self.backbone(self.tokens(features, t), state, resets=resets, mask=mask)
+        """``features [N, T, F]``, ``state`` (and ``history [N, K-1, F]``) carried into each row,
+        ``resets``/``mask``/``t`` ``[N, T]`` -> ``latent [N, T, d_model]`` (one parallel scan)."""
+        x = self.embed(features, history, resets) if self.short_conv else self.embed(features)
+        y, _ = self.backbone(self._add_time(x, t), state, resets=resets, mask=mask)
         return self.norm(y)
 
 
@@ -187,11 +217,17 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         decay: bool = False,
         skip_features: bool = False,
         norm_first: bool = True,
+        short_conv: int = 0,
     ) -> None:
         if critic not in CRITICS:
             raise ValueError(f"critic must be one of {CRITICS}, got {critic!r}")
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} must be a multiple of n_heads={n_heads}")
+        if int(short_conv) < 0:
+            raise ValueError(
+                f"short_conv must be 0 (off) or the kernel size K >= 1, got {short_conv}"
+            )
+        self.short_conv = int(short_conv)
         self.d_model, self.n_layers, self.n_heads = d_model, n_layers, n_heads
         self.head_dim = d_model // n_heads
         self.d_ff, self.chunk_size, self.critic = d_ff, chunk_size, critic
@@ -227,7 +263,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
     def _new_memory(self) -> AarenMemory:
         return AarenMemory(self.features_dim, self.d_model, self.n_layers, self.n_heads, self.d_ff,
                            self.chunk_size, self.timestep_embedding, self.decay,
-                           self.norm_first)  # fmt: skip
+                           self.norm_first, self.short_conv)  # fmt: skip
 
     def _build(self, lr_schedule: Schedule) -> None:
         # The memories exist before SB3 builds the heads and the optimiser over all parameters.
@@ -260,6 +296,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             decay=self.decay,
             skip_features=self.skip_features,
             norm_first=self.norm_first,
+            short_conv=self.short_conv,
         )
         return data
 
@@ -268,27 +305,48 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         """The empty memory of ``n_envs`` envs."""
         pi = self.actor_memory.backbone.initial_state(n_envs)
         vf = self.critic_memory.backbone.initial_state(n_envs) if self.critic_memory else ()
-        return AarenPPOState(pi, vf, torch.zeros(n_envs, dtype=torch.long, device=self.device))
+        t = torch.zeros(n_envs, dtype=torch.long, device=self.device)
+        pi_conv = self.actor_memory.initial_history(n_envs)
+        vf_conv = self.critic_memory.initial_history(n_envs) if self.critic_memory else None
+        return AarenPPOState(pi, vf, t, pi_conv, vf_conv)
+
+    @property
+    def _memory_dim(self) -> int:
+        return self.n_layers * self.n_heads * (self.head_dim + 2)
+
+    @property
+    def _history_dim(self) -> int:
+        return max(self.short_conv - 1, 0) * self.features_dim
 
     @property
     def state_dim(self) -> int:
-        """Numbers per env in the packed state (actor, critic, step count)."""
-        per_memory = self.n_layers * self.n_heads * (self.head_dim + 2)
-        return per_memory * (2 if self.critic_memory is not None else 1) + 1
+        """Numbers per env in the packed state (actor, critic, the short convolutions'
+        histories, step count)."""
+        memories = 2 if self.critic_memory is not None else 1
+        return (self._memory_dim + self._history_dim) * memories + 1
 
     def pack(self, state: AarenPPOState) -> Tensor:
         """``state`` -> ``[n_envs, state_dim]`` (the step count as a float: exact below 2^24)."""
         parts = [pack_state(state.pi)] + ([pack_state(state.vf)] if state.vf else [])
+        parts += [h.flatten(1) for h in (state.pi_conv, state.vf_conv) if h is not None]
         return torch.cat([*parts, state.t.to(parts[0].dtype)[:, None]], dim=1)
 
     def unpack(self, flat: Tensor) -> AarenPPOState:
         """``[n, state_dim]`` -> the state :meth:`pack` flattened."""
-        half = self.n_layers * self.n_heads * (self.head_dim + 2)
-        pi = unpack_state(flat[:, :half], self.n_layers, self.n_heads, self.head_dim)
+        size = self._memory_dim
+        pi = unpack_state(flat[:, :size], self.n_layers, self.n_heads, self.head_dim)
         vf: AarenBackboneState = ()
+        at = size
         if self.critic_memory is not None:
-            vf = unpack_state(flat[:, half:-1], self.n_layers, self.n_heads, self.head_dim)
-        return AarenPPOState(pi, vf, flat[:, -1].round().long())
+            vf = unpack_state(flat[:, at : at + size], self.n_layers, self.n_heads, self.head_dim)
+            at += size
+        histories: list[Tensor | None] = [None, None]
+        if self.short_conv:
+            shape = (self.short_conv - 1, self.features_dim)
+            for i in range(2 if self.critic_memory is not None else 1):
+                histories[i] = flat[:, at : at + self._history_dim].unflatten(1, shape)
+                at += self._history_dim
+        return AarenPPOState(pi, vf, flat[:, -1].round().long(), *histories)
 
     @staticmethod
     def select_rows(state: AarenPPOState, rows: slice | Tensor) -> AarenPPOState:
@@ -297,7 +355,13 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         def take(s: AarenBackboneState) -> AarenBackboneState:
             return tuple(AarenState(x.m[rows], x.u[rows], x.w[rows]) for x in s)
 
-        return AarenPPOState(take(state.pi), take(state.vf), state.t[rows])
+        def rows_of(h: Tensor | None) -> Tensor | None:
+            return None if h is None else h[rows]
+
+        return AarenPPOState(
+            take(state.pi), take(state.vf), state.t[rows], rows_of(state.pi_conv),
+            rows_of(state.vf_conv),
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ one step per env
     def _features(self, obs: PyTorchObs) -> tuple[Tensor, Tensor]:
@@ -312,17 +376,22 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         pi_features, vf_features = self._features(obs)
         starts = episode_starts.to(torch.bool).reshape(-1)
         t = torch.where(starts, torch.zeros_like(state.t), state.t)
-        latent_pi, pi_state = self.actor_memory.step(pi_features, state.pi, starts, t)
+        latent_pi, pi_state, pi_conv = self.actor_memory.step(
+            pi_features, state.pi, starts, t, state.pi_conv
+        )
         vf_state: AarenBackboneState = ()
+        vf_conv = None
         if self.critic_memory is not None:
-            latent_vf, vf_state = self.critic_memory.step(vf_features, state.vf, starts, t)
+            latent_vf, vf_state, vf_conv = self.critic_memory.step(
+                vf_features, state.vf, starts, t, state.vf_conv
+            )
         elif self.critic in ("shared", "joint"):
             latent_vf = latent_pi.detach() if self.critic == "shared" else latent_pi
         else:
             latent_vf = self.critic_input(vf_features)
         latent_pi = self._skip(latent_pi, pi_features)
         latent_vf = self._skip(latent_vf, vf_features)
-        return latent_pi, latent_vf, AarenPPOState(pi_state, vf_state, t + 1)
+        return latent_pi, latent_vf, AarenPPOState(pi_state, vf_state, t + 1, pi_conv, vf_conv)
 
     def _skip(self, latent: Tensor, features: Tensor) -> Tensor:
         """``latent [.., d_model]`` -> the heads' input: with ``skip_features``, the current
@@ -390,12 +459,12 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         flat_valid = valid.reshape(-1)
         steps = step_index(state.t, resets)
         latent_pi = self.actor_memory.sequence(
-            pi_features.reshape(n, t, -1), state.pi, resets, valid, steps
+            pi_features.reshape(n, t, -1), state.pi, resets, valid, steps, state.pi_conv
         )
         latent_pi = latent_pi.reshape(n * t, -1)[flat_valid]
         if self.critic_memory is not None:
             latent_vf = self.critic_memory.sequence(
-                vf_features.reshape(n, t, -1), state.vf, resets, valid, steps
+                vf_features.reshape(n, t, -1), state.vf, resets, valid, steps, state.vf_conv
             ).reshape(n * t, -1)[flat_valid]
         elif self.critic in ("shared", "joint"):
             latent_vf = latent_pi.detach() if self.critic == "shared" else latent_pi
@@ -419,17 +488,19 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
     ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
         """SB3's recurrent ``predict``: ``state`` is the actor memory as a tuple of numpy
         arrays (``m [n_envs, heads]``, ``u [n_envs, heads]``, ``w [n_envs, heads, head_dim]``
-        per layer, then the step count ``t [n_envs]``); ``state=None`` starts every env afresh;
+        per layer, then with ``short_conv=K`` the last ``K - 1`` features ``[n_envs, K - 1,
+        F]``, then the step count ``t [n_envs]``); ``state=None`` starts every env afresh;
         ``episode_start [n_envs]`` restarts those envs before their observation is used."""
         self.set_training_mode(False)
         obs_tensor, vectorized = self.obs_to_tensor(observation)
         n = _batch_size(obs_tensor)
         if state is None:
             memory = self.actor_memory.backbone.initial_state(n)
+            history = self.actor_memory.initial_history(n)
             t = torch.zeros(n, dtype=torch.long, device=self.device)
             episode_start = np.ones(n, dtype=bool)
         else:
-            expected = 3 * self.n_layers + 1
+            expected = 3 * self.n_layers + (1 if self.short_conv else 0) + 1
             if not isinstance(state, tuple) or len(state) != expected:
                 raise ValueError(
                     f"state must be the tuple of {expected} arrays that predict returned "
@@ -442,13 +513,14 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
                 )
             arrays = [torch.as_tensor(np.asarray(a), device=self.device) for a in state]
             memory = tuple(AarenState(*arrays[3 * i : 3 * i + 3]) for i in range(self.n_layers))
+            history = arrays[-2] if self.short_conv else None
             t = arrays[-1].long()
         starts = np.zeros(n, bool) if episode_start is None else np.asarray(episode_start, bool)
         with torch.no_grad():
             features = self._features(obs_tensor)[0]
             starts_t = torch.as_tensor(starts.reshape(-1), device=self.device)
             t = torch.where(starts_t, torch.zeros_like(t), t)
-            latent, memory = self.actor_memory.step(features, memory, starts_t, t)
+            latent, memory, history = self.actor_memory.step(features, memory, starts_t, t, history)
             latent = self._skip(latent, features)
             distribution = self._get_action_dist_from_latent(
                 self.mlp_extractor.forward_actor(latent)
@@ -462,7 +534,10 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
                 actions = np.clip(actions, self.action_space.low, self.action_space.high)
         if not vectorized:
             actions = actions.squeeze(axis=0)
-        new_state = (*(x.cpu().numpy() for s in memory for x in s), (t + 1).cpu().numpy())
+        arrays_out = [x.cpu().numpy() for s in memory for x in s]
+        if history is not None:
+            arrays_out.append(history.cpu().numpy())
+        new_state = (*arrays_out, (t + 1).cpu().numpy())
         return actions, new_state
 
 
