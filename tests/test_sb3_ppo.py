@@ -56,6 +56,7 @@ def _model(
     skip: bool = False,
     norm_first: bool = True,
     short_conv: int = 0,
+    skip_conv: bool = False,
     **kwargs,
 ) -> AarenPPO:
     policy = "MultiInputAarenPolicy" if isinstance(env.observation_space, spaces.Dict) else None
@@ -70,6 +71,7 @@ def _model(
             skip_features=skip,
             norm_first=norm_first,
             short_conv=short_conv,
+            skip_conv=skip_conv,
             **(dict(decay=False, timestep_embedding=0) if plain else {}),
         ),
         device="cpu",
@@ -117,6 +119,9 @@ def _collect(model: AarenPPO, rollouts: int = 1) -> None:
         ("box-conv", "none"),
         ("discrete-conv", "separate"),
         ("dict-conv-skip", "separate"),
+        ("box-conv-skipconv", "separate"),
+        ("box-conv-skipconv", "shared"),
+        ("box-conv-skipconv", "none"),
     ],
 )
 def test_scan_update_reproduces_collection_log_probs_and_values(env_kind, critic):
@@ -128,9 +133,10 @@ def test_scan_update_reproduces_collection_log_probs_and_values(env_kind, critic
         env,
         critic,
         plain=env_kind == "box-plain",
-        skip="skip" in env_kind,
+        skip="skip" in env_kind and "skipconv" not in env_kind,
         norm_first="post" not in env_kind,
         short_conv=4 if "conv" in env_kind else 0,
+        skip_conv="skipconv" in env_kind,
     )
     conv = "conv" in env_kind
     _collect(model, rollouts=2 if conv else 1)
@@ -162,8 +168,11 @@ def test_scan_update_reproduces_collection_log_probs_and_values(env_kind, critic
 
 
 @pytest.mark.parametrize("critic", ["shared", "joint"])
-def test_only_a_joint_critic_trains_the_actor_memory_with_the_value_loss(critic):
-    model = _model(_varlen(3, seed=0), critic, skip=True)
+@pytest.mark.parametrize("skip_conv", [False, True])
+def test_only_a_joint_critic_trains_the_actor_memory_with_the_value_loss(critic, skip_conv):
+    model = _model(
+        _varlen(3, seed=0), critic, skip=True, short_conv=2 * skip_conv, skip_conv=skip_conv
+    )
     _collect(model)
     batch = next(model.rollout_buffer.sequences(16, 64, shuffle=False))
     values, _, _ = model.policy.evaluate_actions(
@@ -341,3 +350,5 @@ def test_set_env_with_another_env_count_and_bad_spaces():
         _model(_varlen(1, seed=0), critic="lstm")
     with pytest.raises(ValueError, match="short_conv must be 0"):
         _model(_varlen(1, seed=0), short_conv=-1)
+    with pytest.raises(ValueError, match="skip_conv=True needs a short convolution"):
+        _model(_varlen(1, seed=0), skip_conv=True)

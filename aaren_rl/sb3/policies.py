@@ -19,9 +19,10 @@ Two ways to run the memory, one truth (``tests/test_sb3_ppo.py`` holds them toge
   backbone's parallel scan ``forward(x, state, resets, mask)`` once: the stored state carried
   in, resets at episode starts inside a sequence, padding masked. No Python loop over time.
 
-States: :class:`AarenPPOState` ``(pi, vf, t)``: two backbone states (one ``(m, u, w)`` per
-layer, batch first; ``vf`` is ``()`` without a separate critic) and each env's step count in
-its episode. ``pack_state`` flattens a backbone state to ``[batch, state_dim]`` for the rollout
+States: :class:`AarenPPOState` ``(pi, vf, t, pi_conv, vf_conv)``: two backbone states (one
+``(m, u, w)`` per layer, batch first; ``vf`` is ``()`` without a separate critic), each env's
+step count in its episode and, with a short convolution, each memory's last ``K - 1``
+features. ``pack_state`` flattens a backbone state to ``[batch, state_dim]`` for the rollout
 buffer and ``unpack_state`` reverses it.
 
 ``timestep_embedding=N`` (0: off) adds a learned embedding of the step in the episode (clamped
@@ -38,6 +39,16 @@ starts at zero: ``nn.Embedding``'s N(0, 1) rows would drown the embedded observa
 ``decay=True`` gives every head a learned recency rate (``AarenBackbone(decay=True)``): a past
 token's score falls by the rate per step, so a head can average the last few observations (a
 velocity from positions) as well as the whole episode.
+
+``short_conv=K`` (0: off) puts a depthwise causal convolution over the last ``K`` steps in
+place of the memory's input ``Linear`` (:class:`~aaren_rl.sb3.short_conv.ShortConv`, as
+Mamba's ``conv1d``): a softmax average has positive weights and cannot form ``x_t - x_{t-1}``,
+a learned filter can. Its history (the last ``K - 1`` raw features per env) lives in the state,
+is emptied by a select at episode starts and is carried into the update's sequences like the
+memory; the update applies it to whole sequences with ``K`` shifted views (no loop over time).
+The convolution's output already reaches the heads through the block's residual stream;
+``skip_conv=True`` also hands it to them directly, beside the memory's output
+(``[.., 2 * d_model]``, before the step embedding is added).
 """
 
 from __future__ import annotations
@@ -88,13 +99,18 @@ def step_index(t0: Tensor, resets: Tensor) -> Tensor:
 
 class AarenMemory(nn.Module):
     """``features [.., F]`` -> Linear (or :class:`ShortConv` with ``short_conv=K``) ->
-    :class:`AarenBackbone` -> LayerNorm -> ``[.., d_model]``."""
+    :class:`AarenBackbone` -> LayerNorm -> ``[.., d_model]`` (with ``skip_conv``, the
+    convolution's output beside it: ``[.., 2 * d_model]``, ``out_dim``)."""
 
     def __init__(self, features_dim: int, d_model: int, n_layers: int, n_heads: int, d_ff: int | None,
                  chunk_size: int, timestep_embedding: int = 0, decay: bool = False,
-                 norm_first: bool = True, short_conv: int = 0) -> None:  # fmt: skip
+                 norm_first: bool = True, short_conv: int = 0,
+                 skip_conv: bool = False) -> None:  # fmt: skip
         super().__init__()
-        self.short_conv = short_conv
+        if skip_conv and not short_conv:
+            raise ValueError("skip_conv=True needs a short convolution (short_conv=K >= 1)")
+        self.short_conv, self.skip_conv = short_conv, skip_conv
+        self.out_dim = d_model * (2 if skip_conv else 1)
         self.embed = (
             ShortConv(features_dim, d_model, short_conv)
             if short_conv
@@ -142,7 +158,12 @@ class AarenMemory(nn.Module):
         else:
             x = self.embed(features)
         y, state = self.backbone.step(self._add_time(x, t), state)
-        return self.norm(y), state, history
+        return self._out(y, x), state, history
+
+    def _out(self, y: Tensor, x: Tensor) -> Tensor:
+        """The memory's output ``y`` normalised, with ``skip_conv`` the tokens ``x`` beside it."""
+        y = self.norm(y)
+        return torch.cat([y, x], dim=-1) if self.skip_conv else y
 
     def sequence(
         self,
@@ -157,7 +178,7 @@ class AarenMemory(nn.Module):
         ``resets``/``mask``/``t`` ``[N, T]`` -> ``latent [N, T, d_model]`` (one parallel scan)."""
         x = self.embed(features, history, resets) if self.short_conv else self.embed(features)
         y, _ = self.backbone(self._add_time(x, t), state, resets=resets, mask=mask)
-        return self.norm(y)
+        return self._out(y, x)
 
 
 def pack_state(state: AarenBackboneState) -> Tensor:
@@ -184,7 +205,8 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
     Beyond ``ActorCriticPolicy``'s arguments: ``d_model``, ``n_layers``, ``n_heads``, ``d_ff``
     (default ``4 * d_model``) and ``chunk_size`` size the memory; ``critic`` is one of
     ``"separate"``, ``"shared"``, ``"joint"``, ``"none"``; ``timestep_embedding``, ``decay``,
-    ``skip_features`` and ``norm_first`` as in the module docstring. With the default Adam the
+    ``skip_features``, ``norm_first``, ``short_conv`` and ``skip_conv`` as in the module
+    docstring. With the default Adam the
     optimiser is fused (``eps=1e-5`` as SB3's, one kernel for every parameter).
     """
 
@@ -218,6 +240,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         skip_features: bool = False,
         norm_first: bool = True,
         short_conv: int = 0,
+        skip_conv: bool = False,
     ) -> None:
         if critic not in CRITICS:
             raise ValueError(f"critic must be one of {CRITICS}, got {critic!r}")
@@ -228,6 +251,10 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
                 f"short_conv must be 0 (off) or the kernel size K >= 1, got {short_conv}"
             )
         self.short_conv = int(short_conv)
+        self.skip_conv = bool(skip_conv)
+        if self.skip_conv and not self.short_conv:
+            raise ValueError("skip_conv=True needs a short convolution (short_conv=K >= 1)")
+        self.memory_dim = d_model * (2 if self.skip_conv else 1)
         self.d_model, self.n_layers, self.n_heads = d_model, n_layers, n_heads
         self.head_dim = d_model // n_heads
         self.d_ff, self.chunk_size, self.critic = d_ff, chunk_size, critic
@@ -263,21 +290,23 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
     def _new_memory(self) -> AarenMemory:
         return AarenMemory(self.features_dim, self.d_model, self.n_layers, self.n_heads, self.d_ff,
                            self.chunk_size, self.timestep_embedding, self.decay,
-                           self.norm_first, self.short_conv)  # fmt: skip
+                           self.norm_first, self.short_conv, self.skip_conv)  # fmt: skip
 
     def _build(self, lr_schedule: Schedule) -> None:
         # The memories exist before SB3 builds the heads and the optimiser over all parameters.
         self.actor_memory = self._new_memory()
         self.critic_memory = self._new_memory() if self.critic == "separate" else None
         self.critic_input = (
-            nn.Sequential(nn.Linear(self.features_dim, self.d_model), nn.LayerNorm(self.d_model))
+            nn.Sequential(
+                nn.Linear(self.features_dim, self.memory_dim), nn.LayerNorm(self.memory_dim)
+            )
             if self.critic == "none"
             else None
         )
         super()._build(lr_schedule)
 
     def _build_mlp_extractor(self) -> None:
-        latent_dim = self.d_model + (self.features_dim if self.skip_features else 0)
+        latent_dim = self.memory_dim + (self.features_dim if self.skip_features else 0)
         self.mlp_extractor = MlpExtractor(
             latent_dim, self.net_arch, self.activation_fn, device=self.device
         )
@@ -297,6 +326,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             skip_features=self.skip_features,
             norm_first=self.norm_first,
             short_conv=self.short_conv,
+            skip_conv=self.skip_conv,
         )
         return data
 
@@ -394,7 +424,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         return latent_pi, latent_vf, AarenPPOState(pi_state, vf_state, t + 1, pi_conv, vf_conv)
 
     def _skip(self, latent: Tensor, features: Tensor) -> Tensor:
-        """``latent [.., d_model]`` -> the heads' input: with ``skip_features``, the current
+        """``latent [.., memory_dim]`` -> the heads' input: with ``skip_features``, the current
         step's features ``[.., F]`` beside the memory's output."""
         return torch.cat([latent, features], dim=-1) if self.skip_features else latent
 
