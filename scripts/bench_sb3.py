@@ -332,6 +332,23 @@ def fps_ratios(results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def run_key(run: dict[str, Any]) -> tuple:
+    """What names a run: task, agent, seed, steps asked and screening tag."""
+    return (run["task"], run["agent"], run["seed"], run["timesteps_asked"], run.get("tag", ""))
+
+
+def merge_runs(data: dict[str, Any], paths: list[Path]) -> None:
+    """Append the runs of the JSON files ``paths`` to ``data`` (in place); two runs with one
+    key (:func:`run_key`) stop the merge with the file and key named, so none is lost."""
+    keys = {run_key(r) for r in data["runs"]}
+    for path in paths:
+        for run in json.loads(path.read_text())["runs"]:
+            if run_key(run) in keys:
+                raise SystemExit(f"{path}: run {run_key(run)} is in the output already; merge once")
+            keys.add(run_key(run))
+            data["runs"].append(run)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
@@ -353,12 +370,24 @@ def main(argv: list[str] | None = None) -> int:
         help='screening: AarenPPO overrides as JSON, {"policy": {...}, "hp": {...}}',
     )
     parser.add_argument("--tag", default="", help="the variant's name (part of a run's key)")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        default=None,
+        help="add these JSON files' runs to --out (a run whose key is there already is an error)",
+    )
     args = parser.parse_args(argv)
     if args.variant is not None and not args.tag:
         parser.error("--variant needs a --tag naming it (runs are keyed by task, agent, seed, tag)")
     torch.set_num_threads(args.threads)
     register_memory_envs()
     data = json.loads(args.out.read_text()) if args.out.exists() else {"runs": []}
+    if args.merge:
+        merge_runs(data, args.merge)
+        write_json_atomic(args.out, data, indent=1)
+        print(f"{args.out}: {len(data['runs'])} runs")
+        return 0
     if args.report:
         table = report(
             data["runs"], args.out.with_name("sb3_table.md"), args.out.with_name("sb3.png")
@@ -370,13 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             for agent in args.agents:
                 steps = args.timesteps or TASKS[task]["timesteps"]
-                done = [
-                    r
-                    for r in data["runs"]
-                    if (r["task"], r["agent"], r["seed"], r["timesteps_asked"], r.get("tag", ""))
-                    == (task, agent, seed, steps, args.tag)
-                ]
-                if done:
+                if (task, agent, seed, steps, args.tag) in {run_key(r) for r in data["runs"]}:
                     continue
                 print(f"{task} {agent} {args.tag} seed {seed}: {steps} steps ...", flush=True)
                 variant = args.variant if agent.startswith("aaren_ppo") else None
