@@ -72,6 +72,13 @@ def linear(start: float):
     return schedule
 
 
+def _schedule(value: Any) -> Any:
+    """A screening setting as rl-zoo writes it: ``"lin_<start>"`` is :func:`linear`."""
+    if isinstance(value, str) and value.startswith("lin_"):
+        return linear(float(value[4:]))
+    return value
+
+
 TASKS: dict[str, dict[str, Any]] = {
     # ppo_lstm.yml, CartPoleNoVel-v1
     "CartPoleNoVel-v1": dict(
@@ -188,7 +195,7 @@ def build(agent: str, task: str, venv, seed: int, variant: dict[str, Any] | None
         kwargs = dict(ZOO_POLICY, **(AAREN_PRESET if agent == "aaren_ppo" else AAREN_PAPER))
         kwargs.update(variant.get("policy", {}))
         hp = dict(hp, sequence_length=spec["sequence_length"], **AAREN_HP.get(task, {}))
-        hp.update(variant.get("hp", {}))
+        hp.update({k: _schedule(v) for k, v in variant.get("hp", {}).items()})
         return AarenPPO("MlpAarenPolicy", venv, policy_kwargs=kwargs, **hp, **common)
     if agent == "recurrent_ppo":
         from sb3_contrib import RecurrentPPO
