@@ -45,8 +45,10 @@ ZOO_POLICY = dict(ortho_init=False, activation_fn=nn.ReLU, net_arch=dict(pi=[64]
 
 
 # AarenPPO's memory on every task (docs/sb3.md has the screening behind it): one Aaren layer
-# of width 64, 4 heads with learned recency decays, a step embedding (zero at first), the heads
-# reading the current step's features beside the memory, one memory for actor and critic
+# of width 64, 4 heads with learned recency decays, a step embedding (zero at first), a short
+# causal convolution over the last 4 steps in front of the memory, the heads reading the
+# current step's features and the convolution's output beside the memory, one memory for
+# actor and critic
 AAREN_PRESET = dict(
     d_model=64,
     n_layers=1,
@@ -55,6 +57,8 @@ AAREN_PRESET = dict(
     decay=True,
     skip_features=True,
     critic="joint",
+    short_conv=4,
+    skip_conv=True,
 )
 # AarenPPO's own PPO settings where they differ from the task's (the baselines keep the zoo's)
 AAREN_HP: dict[str, dict[str, Any]] = {}
