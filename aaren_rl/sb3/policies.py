@@ -410,23 +410,38 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             pi_features, state.pi, starts, t, state.pi_conv
         )
         vf_state: AarenBackboneState = ()
-        vf_conv = None
+        vf_conv, latent_vf = None, None
         if self.critic_memory is not None:
             latent_vf, vf_state, vf_conv = self.critic_memory.step(
                 vf_features, state.vf, starts, t, state.vf_conv
             )
-        elif self.critic in ("shared", "joint"):
-            latent_vf = latent_pi.detach() if self.critic == "shared" else latent_pi
-        else:
-            latent_vf = self.critic_input(vf_features)
-        latent_pi = self._skip(latent_pi, pi_features)
-        latent_vf = self._skip(latent_vf, vf_features)
+        latent_pi, latent_vf = self._head_inputs(latent_pi, latent_vf, pi_features, vf_features)
         return latent_pi, latent_vf, AarenPPOState(pi_state, vf_state, t + 1, pi_conv, vf_conv)
 
     def _skip(self, latent: Tensor, features: Tensor) -> Tensor:
         """``latent [.., memory_dim]`` -> the heads' input: with ``skip_features``, the current
         step's features ``[.., F]`` beside the memory's output."""
         return torch.cat([latent, features], dim=-1) if self.skip_features else latent
+
+    def _head_inputs(
+        self, latent_pi: Tensor, latent_vf: Tensor | None, pi_features: Tensor, vf_features: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The memories' latents ``[.., memory_dim]`` -> the actor's and the critic's MLP inputs.
+
+        ``latent_vf`` is None when the critic has no memory of its own: it reads the actor's
+        (``"joint"``), the actor's detached (``"shared"``) or the features alone (``"none"``).
+        With the joint critic and one features tensor the two inputs are the same tensor."""
+        pi_input = self._skip(latent_pi, pi_features)
+        if latent_vf is None:
+            if self.critic == "joint" and vf_features is pi_features:
+                return pi_input, pi_input
+            if self.critic == "joint":
+                latent_vf = latent_pi
+            elif self.critic == "shared":
+                latent_vf = latent_pi.detach()
+            else:
+                latent_vf = self.critic_input(vf_features)
+        return pi_input, self._skip(latent_vf, vf_features)
 
     def forward(  # type: ignore[override]
         self,
@@ -492,16 +507,14 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             pi_features.reshape(n, t, -1), state.pi, resets, valid, steps, state.pi_conv
         )
         latent_pi = latent_pi.reshape(n * t, -1)[flat_valid]
+        latent_vf = None
         if self.critic_memory is not None:
             latent_vf = self.critic_memory.sequence(
                 vf_features.reshape(n, t, -1), state.vf, resets, valid, steps, state.vf_conv
             ).reshape(n * t, -1)[flat_valid]
-        elif self.critic in ("shared", "joint"):
-            latent_vf = latent_pi.detach() if self.critic == "shared" else latent_pi
-        else:
-            latent_vf = self.critic_input(vf_features[flat_valid])
-        latent_pi = self._skip(latent_pi, pi_features[flat_valid])
-        latent_vf = self._skip(latent_vf, vf_features[flat_valid])
+        pi_valid = pi_features[flat_valid]  # the valid steps' features, gathered once
+        vf_valid = pi_valid if vf_features is pi_features else vf_features[flat_valid]
+        latent_pi, latent_vf = self._head_inputs(latent_pi, latent_vf, pi_valid, vf_valid)
         distribution = self._get_action_dist_from_latent(
             self.mlp_extractor.forward_actor(latent_pi)
         )
