@@ -36,7 +36,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecFrameStack, VecNormalize
 from torch import nn
 
-from aaren_rl.files import write_json_atomic
+from aaren_rl.files import save_figure_atomic, write_json_atomic, write_text_atomic
 from aaren_rl.sb3 import AarenPPO
 from aaren_rl.sb3.envs import register_memory_envs
 
@@ -260,7 +260,8 @@ def stamp(threads: int) -> dict[str, Any]:
 
 def report(results: list[dict[str, Any]], md_path: Path, png_path: Path) -> str:
     """A markdown table (mean/std over seeds of the evaluation return, fps) and a plot of
-    the untagged runs; screening runs (``--tag``) get a table of their own."""
+    the untagged runs, written (atomically) to ``md_path`` and ``png_path``; screening runs
+    (``--tag``) get a table of their own. Returns the table."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -297,8 +298,10 @@ def report(results: list[dict[str, Any]], md_path: Path, png_path: Path) -> str:
         ax.set_ylabel("training episode return (last 100)")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(png_path, dpi=110)
-    return "\n".join(lines + ["", *fps_ratios(results), *screening(screens)])
+    save_figure_atomic(fig, png_path, dpi=110)
+    table = "\n".join(lines + ["", *fps_ratios(results), *screening(screens)])
+    write_text_atomic(md_path, table + "\n")
+    return table
 
 
 def screening(runs: list[dict[str, Any]]) -> list[str]:
@@ -405,7 +408,6 @@ def main(argv: list[str] | None = None) -> int:
         table = report(
             data["runs"], args.out.with_name("sb3_table.md"), args.out.with_name("sb3.png")
         )
-        args.out.with_name("sb3_table.md").write_text(table + "\n")
         print(table)
         return 0
     for task in args.tasks:

@@ -218,7 +218,7 @@ def one_run(
     """
     from aaren_rl.agents.rollout import profile_steps
     from aaren_rl.agents.train_cli import init_model_from, resolve_agent, run_training
-    from aaren_rl.agents.trainer import write_json_atomic
+    from aaren_rl.files import write_json_atomic
 
     init_key = None if init is None else {k: init[k] for k in ("length", "steps", "batch_size")}
     out_dir = run_dir(agent, length, seed, args, init_key)
@@ -457,8 +457,8 @@ def record_key(record: dict[str, Any]) -> tuple[Any, ...]:
 def backfill_cue_weights(work: Path) -> None:
     """Add the cue weights to finished Aaren runs recorded before they were measured."""
     from aaren_rl.agents.checkpoint import load_agent
-    from aaren_rl.agents.trainer import write_json_atomic
     from aaren_rl.data.d4rl_reader import load_d4rl
+    from aaren_rl.files import write_json_atomic
 
     for path in sorted((work / "runs").glob("L*/aaren*/seed*/run.json")):
         record = json.loads(path.read_text())
@@ -498,7 +498,7 @@ def write_outputs(args: argparse.Namespace, command: str) -> None:
     if command not in commands:
         commands.append(command)
         log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text("\n".join(commands) + "\n")
+        write_text_atomic(log, "\n".join(commands) + "\n")
     earlier = out / "memory-results.json"
     earlier_data = json.loads(earlier.read_text()) if earlier.is_file() else {}
     # the commands of the earlier records kept from that file come first
@@ -819,7 +819,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     out = Path(args.out)
     if args.costs:
-        from aaren_rl.agents.trainer import write_json_atomic
+        from aaren_rl.files import write_json_atomic
 
         rows = measure_costs(args.costs, args.agents, args)
         write_json_atomic(Path(args.work) / "costs.json", {"command": command, "rows": rows})
