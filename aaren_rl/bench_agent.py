@@ -24,7 +24,8 @@ observation and 3 action features), weights drawn at random (costs do not depend
    (random actions, same resets).
 
 A short profile of the fast step closes the report (kernel against wrapper time at batch 1;
-the matrix-multiply floor at 64 environments). Everything is written to ``OUT/bench-agent.json``,
+the matrix-multiply floor at 64 environments, and the floor set by this core's multiply-add peak,
+:mod:`aaren_rl.cpu_peak`). Everything is written to ``OUT/bench-agent.json``,
 ``OUT/bench-agent.md`` and ``OUT/bench-agent-*.png``, stamped with the machine, the thread count
 and the versions. ``--quick`` is a smoke run with small sizes (the command's own test).
 """
@@ -50,6 +51,7 @@ import torch
 
 from aaren_rl.bench import format_bytes, format_table, peak_memory_bytes, train_pass, write_atomic
 from aaren_rl.cli import add_threads_argument, apply_threads
+from aaren_rl.cpu_peak import measure_fma_peak
 from aaren_rl.files import save_figure_atomic
 from aaren_rl.nn.backbone import state_nbytes
 
@@ -622,6 +624,11 @@ def measure_profile(seed: int) -> dict[str, Any]:
         mkl = 2 * 192 * d * f * reps / (time.perf_counter() - t0)
         out["mkl_macs_per_second"] = mkl
         out["matmul_floor_us_per_env"] = macs / mkl * 1e6
+        peak = measure_fma_peak()
+        if peak is not None:
+            # the hard ceiling: every multiply-add independent and in registers
+            out["fma_peak_macs_per_second"] = peak.macs_per_second
+            out["arithmetic_floor_us_per_env"] = macs / peak.macs_per_second * 1e6
         if fast is not None:
             nat = fast._native
             out["phases_us_per_env"] = {}
@@ -875,6 +882,13 @@ def markdown(results: dict) -> str:
             f"GMAC/s on this thread, a floor of {prof['matmul_floor_us_per_env']:.1f} µs per env "
             "for the matmuls alone.",
         ]
+        if "fma_peak_macs_per_second" in prof:
+            lines.append(
+                f"- This core's float32 multiply-add peak (`aaren_rl.cpu_peak`: independent "
+                f"chains in registers) is {prof['fma_peak_macs_per_second'] / 1e9:.1f} GMAC/s: "
+                f"no code can do the step's multiply-adds in under "
+                f"{prof['arithmetic_floor_us_per_env']:.1f} µs per env on this thread."
+            )
         for n_envs, phases in (prof.get("phases_us_per_env") or {}).items():
             total = sum(phases.values())
             parts = ", ".join(f"{k} {v:.2f}" for k, v in phases.items())

@@ -72,7 +72,14 @@ def test_quick_bench_writes_stamped_json_markdown_and_plots(tmp_path, capsys):
     claims = results["claims"]
     assert claims["state_bytes_constant"] is True and claims["fast_agent"] == "aaren-fast-numba"
 
+    prof = results["profile"]
+    # the arithmetic floor: the step's multiply-adds at this core's measured peak (gcc is here)
+    assert prof["arithmetic_floor_us_per_env"] == pytest.approx(
+        prof["macs_per_env_step"] / prof["fma_peak_macs_per_second"] * 1e6
+    )
+
     md = (out / "bench-agent.md").read_text()
+    assert "multiply-add peak" in md
     for heading in ("## Policy step", "## Memory", "## Training", "## Evaluation", "## Profile"):
         assert heading in md
     assert st["machine"] in md
