@@ -34,6 +34,7 @@ from stable_baselines3.common.utils import FloatSchedule, explained_variance, ob
 from stable_baselines3.common.vec_env import VecEnv
 
 from aaren_rl.sb3.buffers import AarenDictRolloutBuffer, AarenRolloutBuffer
+from aaren_rl.sb3.fast_collect import FastCollectionStep
 from aaren_rl.sb3.policies import (
     AarenActorCriticPolicy,
     AarenPPOState,
@@ -200,13 +201,15 @@ class AarenPPO(OnPolicyAlgorithm):
             policy.reset_noise(env.num_envs)
         callback.on_rollout_start()
         state = self._last_aaren_state
+        with torch.no_grad():  # the weights are fixed for the rollout: their fused form once
+            step = FastCollectionStep(policy)
         while n_steps < n_rollout_steps:
             if self.use_sde and self.sde_sample_freq > 0 and n_steps % self.sde_sample_freq == 0:
                 policy.reset_noise(env.num_envs)
             with torch.no_grad():
                 obs_tensor = obs_as_tensor(self._last_obs, self.device)
                 starts = torch.as_tensor(self._last_episode_starts, device=self.device)
-                actions, values, log_probs, new_state = policy(obs_tensor, state, starts)
+                actions, values, log_probs, new_state = step(obs_tensor, state, starts)
                 packed = policy.pack(state).cpu().numpy()
             actions = actions.cpu().numpy()
             clipped = actions
