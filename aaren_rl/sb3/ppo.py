@@ -32,6 +32,7 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import FloatSchedule, explained_variance, obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
+from torch import Tensor
 
 from aaren_rl.sb3.buffers import AarenDictRolloutBuffer, AarenRolloutBuffer
 from aaren_rl.sb3.fast_collect import FastCollectionStep
@@ -270,8 +271,13 @@ class AarenPPO(OnPolicyAlgorithm):
         if self.clip_range_vf is not None:
             clip_range_vf = self.clip_range_vf(self._current_progress_remaining)
         seq_len = self.sequence_length or self.n_steps
-        entropy_losses, pg_losses, value_losses, clip_fractions = [], [], [], []
-        approx_kl_divs: list[float] = []
+        # the per-minibatch statistics stay tensors and are read once, after the update (one
+        # .item() each per minibatch was a sync apiece); target_kl reads approx_kl as it goes
+        entropy_losses: list[Tensor] = []
+        pg_losses: list[Tensor] = []
+        value_losses: list[Tensor] = []
+        clip_fractions: list[Tensor] = []
+        approx_kl_divs: list[Tensor] = []
         continue_training = True
         loss = torch.zeros(())
         params = list(policy.parameters())  # once: walking the modules costs ~0.1 ms a time
@@ -297,32 +303,33 @@ class AarenPPO(OnPolicyAlgorithm):
                     advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range),
                 )
                 policy_loss = -surrogate.mean()
-                pg_losses.append(policy_loss.item())
-                clip_fractions.append(((ratio - 1).abs() > clip_range).float().mean().item())
+                pg_losses.append(policy_loss.detach())
+                clip_fractions.append(((ratio - 1).abs() > clip_range).float().mean().detach())
                 values_pred = values
                 if clip_range_vf is not None:
                     values_pred = batch.old_values + torch.clamp(
                         values - batch.old_values, -clip_range_vf, clip_range_vf
                     )
                 value_loss = ((batch.returns - values_pred) ** 2).mean()
-                value_losses.append(value_loss.item())
+                value_losses.append(value_loss.detach())
                 entropy_loss = -(entropy.mean() if entropy is not None else (-log_prob).mean())
-                entropy_losses.append(entropy_loss.item())
+                entropy_losses.append(entropy_loss.detach())
                 loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
                 with torch.no_grad():
                     log_ratio = log_prob - batch.old_log_prob
-                    approx_kl = ((torch.exp(log_ratio) - 1) - log_ratio).mean().item()
+                    approx_kl = ((torch.exp(log_ratio) - 1) - log_ratio).mean()
                     approx_kl_divs.append(approx_kl)
-                if self.target_kl is not None and approx_kl > 1.5 * self.target_kl:
+                if self.target_kl is not None and approx_kl.item() > 1.5 * self.target_kl:
                     continue_training = False
                     if self.verbose >= 1:
                         print(
-                            f"Early stopping at step {epoch} due to reaching max kl: {approx_kl:.2f}"
+                            f"Early stopping at step {epoch} due to reaching max kl: "
+                            f"{approx_kl.item():.2f}"
                         )
                     break
                 policy.optimizer.zero_grad()
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+                clip_grad_norm(params, self.max_grad_norm)
                 policy.optimizer.step()
             self._n_updates += 1
             if not continue_training:
@@ -330,11 +337,11 @@ class AarenPPO(OnPolicyAlgorithm):
         explained_var = explained_variance(
             self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten()
         )
-        self.logger.record("train/entropy_loss", np.mean(entropy_losses))
-        self.logger.record("train/policy_gradient_loss", np.mean(pg_losses))
-        self.logger.record("train/value_loss", np.mean(value_losses))
-        self.logger.record("train/approx_kl", np.mean(approx_kl_divs))
-        self.logger.record("train/clip_fraction", np.mean(clip_fractions))
+        self.logger.record("train/entropy_loss", _mean(entropy_losses))
+        self.logger.record("train/policy_gradient_loss", _mean(pg_losses))
+        self.logger.record("train/value_loss", _mean(value_losses))
+        self.logger.record("train/approx_kl", _mean(approx_kl_divs))
+        self.logger.record("train/clip_fraction", _mean(clip_fractions))
         self.logger.record("train/loss", loss.item())
         self.logger.record("train/explained_variance", explained_var)
         if hasattr(policy, "log_std"):
@@ -361,3 +368,31 @@ class AarenPPO(OnPolicyAlgorithm):
             reset_num_timesteps=reset_num_timesteps,
             progress_bar=progress_bar,
         )
+
+
+def _mean(stats: list[Tensor]) -> np.floating:
+    """``np.mean`` of the per-minibatch statistics, as SB3's PPO takes it of their ``.item()``
+    (each float32 value widened to a Python float, then averaged in float64; NaN if none)."""
+    if not stats:
+        return np.mean([])
+    return np.mean(torch.stack(stats).cpu().numpy().astype(np.float64))
+
+
+@torch.no_grad()
+def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> Tensor:
+    """``torch.nn.utils.clip_grad_norm_(params, max_norm)`` (the 2-norm over every gradient,
+    scaled down to ``max_norm`` if above it; the same ops, so the same bits) with one foreach
+    norm and one foreach multiply and no per-call grouping by device and dtype: the grouping
+    and its Python cost about 60 us per minibatch on one CPU thread. Every gradient must
+    share one device and dtype (a policy's do); otherwise torch's function is used.
+    -> the total norm before clipping."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    first = grads[0]
+    if any(g.device != first.device or g.dtype != first.dtype for g in grads):
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
+    clip_coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    torch._foreach_mul_(grads, clip_coef)
+    return total
