@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from aaren_rl.nn.aaren import AarenBackboneState, AarenBlock
 from aaren_rl.nn.aaren_attention import AarenState, aaren_step
+from aaren_rl.sb3.policies import AarenActorCriticPolicy, AarenMemory, AarenPPOState
 
 __all__ = ["FastCollectionStep"]
 
@@ -105,7 +106,7 @@ class _MemoryStep:
     """One :class:`~aaren_rl.sb3.policies.AarenMemory`'s ``step`` (same arguments, same
     results) with the weight-only work done at construction."""
 
-    def __init__(self, memory: nn.Module) -> None:
+    def __init__(self, memory: AarenMemory) -> None:
         self.backbone = memory.backbone
         self.short_conv, self.skip_conv = memory.short_conv, memory.skip_conv
         embed = memory.embed
@@ -157,11 +158,8 @@ class FastCollectionStep:
     ``torch.no_grad``; build a new one after the weights change).
     """
 
-    def __init__(self, policy: nn.Module) -> None:
-        from aaren_rl.sb3.policies import AarenPPOState  # the policy module imports this one
-
+    def __init__(self, policy: AarenActorCriticPolicy) -> None:
         self.policy = policy
-        self._state_cls = AarenPPOState
         self.actor = _MemoryStep(policy.actor_memory)
         self.critic = None if policy.critic_memory is None else _MemoryStep(policy.critic_memory)
         self.forward_actor = _sequential(policy.mlp_extractor.policy_net)
@@ -171,8 +169,12 @@ class FastCollectionStep:
         self.categorical = isinstance(policy.action_space, spaces.Discrete)
 
     def __call__(
-        self, obs: PyTorchObs, state, episode_starts: Tensor, deterministic: bool = False
-    ) -> tuple[Tensor, Tensor, Tensor, object]:
+        self,
+        obs: PyTorchObs,
+        state: AarenPPOState,
+        episode_starts: Tensor,
+        deterministic: bool = False,
+    ) -> tuple[Tensor, Tensor, Tensor, AarenPPOState]:
         """One step of every env: ``obs [n_envs, ...]``, ``episode_starts [n_envs]``."""
         policy = self.policy
         pi_features, vf_features = policy._features(obs)
@@ -195,7 +197,7 @@ class FastCollectionStep:
             actions = distribution.get_actions(deterministic=deterministic)
             log_prob = distribution.log_prob(actions)
         actions = actions.reshape((-1, *policy.action_space.shape))
-        new_state = self._state_cls(pi_state, vf_state, t + 1, pi_conv, vf_conv)
+        new_state = AarenPPOState(pi_state, vf_state, t + 1, pi_conv, vf_conv)
         return actions, values, log_prob, new_state
 
 

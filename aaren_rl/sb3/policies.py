@@ -14,7 +14,10 @@ Two ways to run the memory, one truth (``tests/test_sb3_ppo.py`` holds them toge
 
 - collection: ``forward`` / ``predict_values`` / ``predict`` take one observation per env and
   the memory's ``step``; an env whose ``episode_start`` is set is reset first by a select
-  (``backbone.reset_state``: the empty memory is m=-inf, which a multiply would turn to NaN);
+  (``backbone.reset_state``: the empty memory is m=-inf, which a multiply would turn to NaN).
+  AarenPPO's rollouts run the same step through
+  :class:`~aaren_rl.sb3.fast_collect.FastCollectionStep` (weights fused once per rollout, no
+  module calls; ``tests/test_sb3_fast_collect.py`` holds it to ``forward``);
 - update: ``evaluate_actions`` takes padded sequences ``[n_seq, seq_len]`` and runs the
   backbone's parallel scan ``forward(x, state, resets, mask)`` once: the stored state carried
   in, resets at episode starts inside a sequence, padding masked. No Python loop over time.
