@@ -6,10 +6,13 @@ Builds the benchmark's AarenPPO (``scripts/bench_sb3.py``: the task's zoo settin
 functions with the most cumulative time (collection's policy step and env step, the update's
 forward, backward and optimiser step). ``--ab N`` instead trains N pairs of fresh models,
 alternating the one-chunk fast path of ``aaren_scan`` with the general chunked path, and
-prints each run's fps: a before/after under the same load.
+prints each run's fps: a before/after under the same load. ``--ab-collect N`` alternates
+the rollouts' :class:`~aaren_rl.sb3.fast_collect.FastCollectionStep` with the policy's
+reference ``forward`` the same way (the two give the same bits, so both runs do the same work).
 
     PYTHONPATH=$PWD .venv/bin/python scripts/profile_aaren_ppo.py --timesteps 10000
     PYTHONPATH=$PWD .venv/bin/python scripts/profile_aaren_ppo.py --timesteps 10000 --ab 3
+    PYTHONPATH=$PWD .venv/bin/python scripts/profile_aaren_ppo.py --timesteps 10240 --ab-collect 3
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 import torch
 
 import aaren_rl.nn.aaren_attention as aaren_attention
+import aaren_rl.sb3.ppo as aaren_ppo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_sb3 import TASKS, build, make_env, register_memory_envs  # noqa: E402
@@ -66,10 +70,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cprofile", type=int, default=0, help="print the top N functions")
     parser.add_argument("--ab", type=int, default=0, help="N pairs: fast path vs general scan")
+    parser.add_argument(
+        "--ab-collect", type=int, default=0, help="N pairs: fast collection step vs forward"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     register_memory_envs()
     header = f"{args.task} {args.agent}, torch {torch.__version__}, 1 thread"
+    if args.ab_collect:
+        fast_step = aaren_ppo.FastCollectionStep
+        print(header)
+        for pair in range(args.ab_collect):
+            for label, step in (("forward", lambda policy: policy), ("fast", fast_step)):
+                aaren_ppo.FastCollectionStep = step  # the policy itself: its reference forward
+                steps, wall, spent = timed_learn(args.task, args.agent, args.seed, args.timesteps)
+                n_envs = TASKS[args.task]["n_envs"]
+                print(
+                    f"  pair {pair} {label:8s} {steps / wall:6.0f} fps  collect "
+                    f"{1e3 * spent['collect_rollouts'] / (steps / n_envs):5.3f} ms/step  train "
+                    f"{spent['train']:5.2f} s  load {os.getloadavg()[0]:.1f}",
+                    flush=True,
+                )
+        aaren_ppo.FastCollectionStep = fast_step
+        return 0
     if args.ab:
         fast_path = aaren_attention.one_chunk_scan
         print(header)
