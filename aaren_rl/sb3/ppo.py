@@ -4,8 +4,9 @@ Follows sb3-contrib's ``RecurrentPPO`` (DESIGN.md section 5) with the LSTM swapp
 
 - collection steps every env's memory once per step and stores the state carried into each
   step (through :class:`~aaren_rl.sb3.fast_collect.FastCollectionStep`, built from the weights
-  at the start of every rollout: ``policy.forward``'s results with less overhead); a truncated episode is bootstrapped from its terminal observation with that env's
-  critic state;
+  at the start of every rollout: ``policy.forward``'s results with less overhead); a
+  truncated episode is bootstrapped from its terminal observation with that env's critic
+  state;
 - the update cuts each env's rollout into sequences of ``sequence_length`` steps and runs each
   minibatch through the parallel scan in one call: the stored state carried in, the memory
   restarted at episode starts inside a sequence, the padding masked out of every loss. There is
