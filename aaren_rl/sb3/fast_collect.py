@@ -13,10 +13,9 @@ per step (``scripts/profile_aaren_ppo.py``; docs/sb3_speed.md):
   short convolution's flipped taps;
 - about 25 ``nn.Module`` calls become the functional ops they wrap (``F.linear``,
   ``F.layer_norm``, ...);
-- with a Discrete action space the categorical is sampled and scored directly (the
-  normalised logits, ``softmax`` then ``multinomial``, ``gather``: what
-  ``torch.distributions.Categorical`` computes) rather than through SB3's distribution and
-  torch's argument validation. Other action spaces go through SB3's distribution.
+- with a Discrete action space the categorical is torch's ``Categorical`` built without its
+  argument validation (as ``evaluate_actions`` builds it), sampled and scored as SB3's
+  distribution does. Other action spaces go through SB3's distribution.
 
 The weights are read when the step is built: AarenPPO builds one at the start of every
 rollout, while the weights are fixed (``collect_rollouts`` runs under ``torch.no_grad``, the
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from stable_baselines3.common.type_aliases import PyTorchObs
 from torch import Tensor, nn
+from torch.distributions import Categorical
 
 from aaren_rl.nn.aaren import AarenBackboneState, AarenBlock
 from aaren_rl.nn.aaren_attention import AarenState, aaren_step
@@ -177,39 +177,19 @@ class FastCollectionStep:
     ) -> tuple[Tensor, Tensor, Tensor, AarenPPOState]:
         """One step of every env: ``obs [n_envs, ...]``, ``episode_starts [n_envs]``."""
         policy = self.policy
-        pi_features, vf_features = policy._features(obs)
-        starts = episode_starts.to(torch.bool).reshape(-1)
-        t = torch.where(starts, torch.zeros_like(state.t), state.t)
-        latent_pi, pi_state, pi_conv = self.actor(pi_features, state.pi, starts, t, state.pi_conv)
-        vf_state: AarenBackboneState = ()
-        vf_conv, latent_vf = None, None
-        if self.critic is not None:
-            latent_vf, vf_state, vf_conv = self.critic(
-                vf_features, state.vf, starts, t, state.vf_conv
-            )
-        latent_pi, latent_vf = policy._head_inputs(latent_pi, latent_vf, pi_features, vf_features)
+        latent_pi, latent_vf, new_state = policy._latents_step(
+            obs, state, episode_starts, (self.actor, self.critic)
+        )
         latent_actor = self.forward_actor(latent_pi)
         values = self.value_net(self.forward_critic(latent_vf))
         if self.categorical:
-            actions, log_prob = _categorical(self.action_net(latent_actor), deterministic)
+            # SB3's CategoricalDistribution without torch's argument checks, as in the update
+            dist = Categorical(logits=self.action_net(latent_actor), validate_args=False)
+            actions = torch.argmax(dist.probs, dim=1) if deterministic else dist.sample()
+            log_prob = dist.log_prob(actions)
         else:
             distribution = policy._get_action_dist_from_latent(latent_actor)
             actions = distribution.get_actions(deterministic=deterministic)
             log_prob = distribution.log_prob(actions)
         actions = actions.reshape((-1, *policy.action_space.shape))
-        new_state = AarenPPOState(pi_state, vf_state, t + 1, pi_conv, vf_conv)
         return actions, values, log_prob, new_state
-
-
-def _categorical(logits: Tensor, deterministic: bool) -> tuple[Tensor, Tensor]:
-    """What SB3's ``CategoricalDistribution`` gives (``torch.distributions.Categorical``
-    without its argument checks): ``logits [B, n]`` -> ``(actions [B], log_prob [B])``.
-    Sampling draws ``multinomial(probs, 1, replacement=True)`` as torch's ``sample`` does, so
-    the same generator state gives the same actions."""
-    log_pmf = logits - logits.logsumexp(dim=-1, keepdim=True)
-    probs = F.softmax(log_pmf, dim=-1)
-    if deterministic:
-        actions = torch.argmax(probs, dim=1)
-    else:
-        actions = torch.multinomial(probs, 1, True).squeeze(-1)
-    return actions, log_pmf.gather(-1, actions[:, None]).squeeze(-1)

@@ -56,6 +56,7 @@ The convolution's output already reaches the heads through the block's residual 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -78,6 +79,13 @@ from aaren_rl.nn.aaren_attention import AarenState
 from aaren_rl.sb3.short_conv import ShortConv
 
 CRITICS = ("separate", "shared", "joint", "none")
+
+# a memory's one-step function, as AarenMemory.step: (features [B, F], state, episode_starts
+# [B], t [B], history [B, K-1, F] | None) -> (latent [B, d], state, history)
+MemoryStep = Callable[
+    [Tensor, AarenBackboneState, Tensor, Tensor, Tensor | None],
+    tuple[Tensor, AarenBackboneState, Tensor | None],
+]
 
 
 class AarenPPOState(NamedTuple):
@@ -405,18 +413,27 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         return features
 
     def _latents_step(
-        self, obs: PyTorchObs, state: AarenPPOState, episode_starts: Tensor
+        self,
+        obs: PyTorchObs,
+        state: AarenPPOState,
+        episode_starts: Tensor,
+        memory_steps: tuple[MemoryStep, MemoryStep | None] | None = None,
     ) -> tuple[Tensor, Tensor, AarenPPOState]:
+        """One step of every env up to the MLP heads' inputs. ``memory_steps``: the actor's
+        and the critic's memory step (None: the memories' own ``step``; the fast collection
+        step passes its fused ones)."""
+        actor_step, critic_step = memory_steps or (
+            self.actor_memory.step,
+            None if self.critic_memory is None else self.critic_memory.step,
+        )
         pi_features, vf_features = self._features(obs)
         starts = episode_starts.to(torch.bool).reshape(-1)
         t = torch.where(starts, torch.zeros_like(state.t), state.t)
-        latent_pi, pi_state, pi_conv = self.actor_memory.step(
-            pi_features, state.pi, starts, t, state.pi_conv
-        )
+        latent_pi, pi_state, pi_conv = actor_step(pi_features, state.pi, starts, t, state.pi_conv)
         vf_state: AarenBackboneState = ()
         vf_conv, latent_vf = None, None
-        if self.critic_memory is not None:
-            latent_vf, vf_state, vf_conv = self.critic_memory.step(
+        if critic_step is not None:
+            latent_vf, vf_state, vf_conv = critic_step(
                 vf_features, state.vf, starts, t, state.vf_conv
             )
         latent_pi, latent_vf = self._head_inputs(latent_pi, latent_vf, pi_features, vf_features)
