@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from aaren_rl.cli import add_threads_argument, apply_threads
 from aaren_rl.deploy.export import FORMATS
 
 
@@ -31,12 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace OUT (and its int8 file) if they exist"
     )
+    add_threads_argument(parser, default=1)
 
 
 def run(args: argparse.Namespace) -> int:
     from aaren_rl.agents.checkpoint import CheckpointError
     from aaren_rl.deploy.export import export_onnx
 
+    apply_threads(args.threads)
     out = Path(args.out)
     int8_path = out.with_suffix(".int8.onnx")
     for path in (out, int8_path) if args.int8 else (out,):
