@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
     try:
         written = export_onnx(args.checkpoint, out, overwrite=args.overwrite)
-    except (CheckpointError, ValueError, ImportError) as exc:
+    except (CheckpointError, ValueError, ImportError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     import onnx

@@ -37,7 +37,14 @@ from .spec import SPEC_KEY, dumps_spec
 OPSET = 17
 FORMATS = ("onnx",)
 
-__all__ = ["FORMATS", "OPSET", "decision_spec", "export_decision_step", "export_onnx"]
+__all__ = [
+    "FORMATS",
+    "OPSET",
+    "decision_spec",
+    "export_decision_step",
+    "export_onnx",
+    "export_ppo_policy",
+]
 
 
 def _require_onnx() -> Any:
@@ -226,34 +233,47 @@ def _task_bounds(task: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def export_onnx(
-    source: str | os.PathLike[str] | DecisionModel,
+    source: Any,
     path: str | os.PathLike[str],
     *,
     task: Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Export a Decision Aaren checkpoint (or model) to an ONNX file at ``path``.
+    """Export a trained policy to an ONNX file at ``path``.
 
     Args:
-        source: a checkpoint written by ``aaren-rl train`` (its file or folder), or a
-            :class:`DecisionModel`.
+        source: a Decision Aaren checkpoint written by ``aaren-rl train`` (its file or
+            folder) or a :class:`DecisionModel`: the rollout step
+            (:func:`export_decision_step`); or an AarenPPO model, or the ``.zip`` that its
+            ``save`` wrote: the deterministic policy step (:func:`export_ppo_policy`).
         path: the ``.onnx`` file to write.
         task: for a model, its task (``env_id`` gives the action bounds; ``target_returns``,
             ``max_episode_steps`` go to the spec); a checkpoint carries its own.
         overwrite: replace an existing file at ``path`` (otherwise an error).
 
     Returns:
-        The path written. The action bounds come from the task's environment (made once).
+        The path written. A decision step's action bounds come from the task's environment
+        (made once).
     """
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+    if isinstance(source, (str, os.PathLike)) and str(source).endswith(".zip"):
+        from aaren_rl.sb3 import AarenPPO
+
+        if not Path(source).is_file():
+            raise FileNotFoundError(f"{source}: no such file (an AarenPPO.save .zip)")
+        ppo = AarenPPO.load(source, device="cpu")
+        return export_ppo_policy(ppo, path, task=task, source={"checkpoint": str(source)})
+    if hasattr(source, "policy") and hasattr(source.policy, "actor_memory"):
+        return export_ppo_policy(source, path, task=task)
     info: dict[str, Any] = {}
     if isinstance(source, DecisionModel):
         model = source
     elif isinstance(source, torch.nn.Module):
         raise TypeError(
-            f"export_onnx takes a DecisionModel or a checkpoint path, got {type(source).__name__}"
+            f"export_onnx takes a DecisionModel, an AarenPPO or a checkpoint path, got "
+            f"{type(source).__name__}"
         )
     else:
         from aaren_rl.agents.checkpoint import load_agent
@@ -275,3 +295,105 @@ def export_onnx(
         )
     finally:
         model.train(was_training)
+
+
+def _fill_value(t: torch.Tensor) -> Any:
+    """The value every element of ``t`` holds (JSON-able: -inf as the string ``"-inf"``)."""
+    v = t.reshape(-1)[0].item()
+    if isinstance(v, float) and math.isinf(v):
+        return "-inf" if v < 0 else "inf"
+    return v
+
+
+def export_ppo_policy(
+    model: Any,
+    path: str | os.PathLike[str],
+    *,
+    task: Mapping[str, Any] | None = None,
+    source: Mapping[str, Any] | None = None,
+) -> Path:
+    """Export an :class:`~aaren_rl.sb3.ppo.AarenPPO` policy's deterministic step to ``path``.
+
+    The graph is :class:`~aaren_rl.deploy.ppo_graph.PPOPolicyGraph`: ``observation``,
+    ``episode_start`` and the actor memory in, the action (``predict(...,
+    deterministic=True)``'s) and the memory out. ``model``: an AarenPPO or its policy.
+    """
+    from .ppo_graph import PPOPolicyGraph
+
+    policy = getattr(model, "policy", model)
+    graph = PPOPolicyGraph(policy)
+    was_training = policy.training
+    policy.set_training_mode(False)
+    b = 2
+    g = torch.Generator().manual_seed(0)
+    state0 = graph.initial_state(b)
+    args = (
+        torch.randn(b, *graph.obs_shape, generator=g),
+        torch.tensor([True, False]),
+        *state0,
+    )
+    names = graph.state_names
+    inputs = ("observation", "episode_start", *names)
+    outputs = ("action", *(f"{n}_next" for n in names))
+    try:
+        proto = _trace_to_onnx(graph, args, inputs, outputs)
+    finally:
+        policy.set_training_mode(was_training)
+    shapes = graph.state_shapes()
+    state = [
+        {
+            "name": n,
+            "next": f"{n}_next",
+            "shape": list(shapes[n]),
+            "dtype": _dtype_name(t),
+            "fill": _fill_value(t),
+        }
+        for n, t in zip(names, graph.initial_state(1), strict=True)
+    ]
+    space = policy.action_space
+    if graph.discrete:
+        action = {"kind": "discrete", "dim": int(space.n), "start": graph.action_start}
+        act_io = {"name": "action", "shape": [], "dtype": "int64"}
+    else:
+        action = {
+            "kind": "box",
+            "shape": list(space.shape),
+            "low": graph.low.reshape(-1).tolist(),
+            "high": graph.high.reshape(-1).tolist(),
+            "clipped_in_graph": True,
+        }
+        act_io = {"name": "action", "shape": list(space.shape), "dtype": "float32"}
+    spec = {
+        "kind": "ppo_policy",
+        "inputs": [
+            {"name": "observation", "shape": list(graph.obs_shape), "dtype": "float32"},
+            {"name": "episode_start", "shape": [], "dtype": "bool"},
+        ]
+        + [{k: s[k] for k in ("name", "shape", "dtype")} for s in state],
+        "outputs": [act_io]
+        + [{"name": s["next"], "shape": s["shape"], "dtype": s["dtype"]} for s in state],
+        "state": state,
+        "state_bytes_per_env": int(
+            sum(t.numel() * t.element_size() for t in graph.initial_state(1))
+        ),
+        "action": action,
+        "deterministic": True,
+        "policy": {
+            k: getattr(policy, k)
+            for k in (
+                "d_model",
+                "n_layers",
+                "n_heads",
+                "critic",
+                "timestep_embedding",
+                "decay",
+                "skip_features",
+                "norm_first",
+                "short_conv",
+                "skip_conv",
+            )
+        },  # fmt: skip
+        "task": dict(task or {}),
+        "source": _source(source),
+    }
+    return save_onnx(proto, spec, path)

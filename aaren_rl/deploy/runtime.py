@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .spec import initial_state, loads_spec
+from .spec import fill_value, initial_state, loads_spec
 
 __all__ = ["OnnxRollout", "OnnxStep", "evaluate_onnx", "load_step"]
 
@@ -68,7 +68,7 @@ class OnnxStep:
         self.kind: str = self.spec["kind"]
         self.state_names = [s["name"] for s in self.spec["state"]]
         self.next_names = [s["next"] for s in self.spec["state"]]
-        self.fills = {s["name"]: s["fill"] for s in self.spec["state"]}
+        self.fills = {s["name"]: fill_value(s) for s in self.spec["state"]}
         state_set = set(self.state_names)
         self.data_inputs = [i for i in self.spec["inputs"] if i["name"] not in state_set]
         self.output_names = [o["name"] for o in self.spec["outputs"]]

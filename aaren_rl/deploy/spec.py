@@ -23,7 +23,15 @@ SPEC_KEY = "aaren_rl.spec"
 SPEC_VERSION = 1
 KINDS = ("decision_step", "ppo_policy", "forecast_stream", "classify_stream", "event_stream")
 
-__all__ = ["KINDS", "SPEC_KEY", "SPEC_VERSION", "dumps_spec", "initial_state", "loads_spec"]
+__all__ = [
+    "KINDS",
+    "SPEC_KEY",
+    "SPEC_VERSION",
+    "dumps_spec",
+    "fill_value",
+    "initial_state",
+    "loads_spec",
+]
 
 
 def dumps_spec(spec: Mapping[str, Any]) -> str:
@@ -76,5 +84,11 @@ def initial_state(spec: Mapping[str, Any], batch_size: int) -> dict[str, np.ndar
     out = {}
     for item in spec["state"]:
         shape = (int(batch_size), *item["shape"])
-        out[item["name"]] = np.full(shape, item["fill"], dtype=np.dtype(item["dtype"]))
+        out[item["name"]] = np.full(shape, fill_value(item), dtype=np.dtype(item["dtype"]))
     return out
+
+
+def fill_value(item: Mapping[str, Any]) -> Any:
+    """A state field's initial value (``"-inf"``/``"inf"`` strings as floats)."""
+    fill = item["fill"]
+    return float(fill) if isinstance(fill, str) else fill
