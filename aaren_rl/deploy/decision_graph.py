@@ -165,43 +165,48 @@ class DecisionStepGraph(nn.Module):
         n, d = x.shape[1], self.d_model
         h, dv = self.n_heads, self.value_dim
         hv = h * dv
-        masked = torch.full_like(return_to_go, MASKED_SCORE)
-        bias0 = torch.where(has_prev, torch.zeros_like(masked), masked)[:, None, None]
+        # the action token's score offset: 0, or MASKED_SCORE where there is no a_{t-1}
+        bias0 = torch.where(has_prev, torch.tensor(0.0), torch.tensor(MASKED_SCORE))
+        bias0 = bias0[:, None, None]  # [B, 1, 1]
         tiny = torch.finfo(torch.float32).tiny
         act_fn = F.gelu if self.gelu else F.relu
+        # per layer, the layer axis kept ([B, 1, H], [B, 1, H, Dv]): one Split and one Concat
+        # per state tensor instead of a gather and a stack per layer (fewer graph nodes)
+        layers = self.n_layers
+        m_in, u_in, w_in = (z.split(1, dim=1) for z in (m, u, w))
         ms, us, ws = [], [], []
-        for layer in range(self.n_layers):
-            last = layer == self.n_layers - 1
+        for layer in range(layers):
+            last = layer == layers - 1
             sv = F.layer_norm(x, (d,), eps=_EPS) @ self.sv_w[layer].t()  # [B, n, hv + h]
             v = sv[..., :hv].reshape(-1, n, h, dv)
-            s = sv[..., hv:]
-            s = torch.cat([s[:, :1] + bias0, s[:, 1:]], dim=1)  # [B, n, H]
-            m_l, u_l, w_l = m[:, layer], u[:, layer], w[:, layer]
+            s0, s_rest = sv[:, :1, hv:], sv[:, 1:, hv:]
+            s = torch.cat([s0 + bias0, s_rest], dim=1)  # [B, n, H]
+            m_l, u_l, w_l = m_in[layer], u_in[layer], w_in[layer]
             if not last:  # every token's output is read by the next layer
                 running, bigs = m_l, []
-                for j in range(n):  # the running max after each token (n is 2 or 3)
-                    running = torch.maximum(running, s[:, j])
+                for s_j in s.split(1, dim=1):  # the running max after each token (n: 2 or 3)
+                    running = torch.maximum(running, s_j)
                     bigs.append(running)
-                big = torch.stack(bigs, dim=1)  # [B, n, H]
-                p = torch.exp(s[:, None] - big[:, :, None] + self.causal)  # [B, n(j), n(i), H]
-                e = torch.exp(m_l[:, None] - big)
-                den = p.sum(2) + u_l[:, None] * e  # [B, n, H]
-                num = (p[..., None] * v[:, None]).sum(2) + w_l[:, None] * e[..., None]
-                ms.append(big[:, -1])
-                us.append(den[:, -1])
-                ws.append(num[:, -1])
-                o = (num / den.clamp(min=tiny)[..., None]).reshape(-1, n, hv)
+                big = torch.cat(bigs, dim=1)  # [B, n, H]
+                p = torch.exp(s.unsqueeze(1) - big.unsqueeze(2) + self.causal)  # [B, j, i, H]
+                e = torch.exp(m_l - big)
+                den = p.sum(2) + u_l * e  # [B, n, H]
+                num = (p.unsqueeze(-1) * v.unsqueeze(1)).sum(2) + w_l * e.unsqueeze(-1)
+                ms.append(big[:, -1:])
+                us.append(den[:, -1:])
+                ws.append(num[:, -1:])
+                o = (num / den.clamp(min=tiny).unsqueeze(-1)).reshape(-1, n, hv)
                 xs = x
             else:  # the memory takes every token; only s_t's output is read
-                big = torch.maximum(s.amax(dim=1), m_l)  # [B, H]
-                p = torch.exp(s - big[:, None])
+                big = torch.maximum(s.amax(dim=1, keepdim=True), m_l)  # [B, 1, H]
+                p = torch.exp(s - big)
                 e = torch.exp(m_l - big)
-                den = p.sum(1) + u_l * e
-                num = (p[..., None] * v).sum(1) + w_l * e[..., None]
+                den = p.sum(1, keepdim=True) + u_l * e
+                num = (p.unsqueeze(-1) * v).sum(1, keepdim=True) + w_l * e.unsqueeze(-1)
                 ms.append(big)
                 us.append(den)
                 ws.append(num)
-                o = (num / den[..., None]).reshape(-1, hv)
+                o = (num / den.unsqueeze(-1)).reshape(-1, hv)
                 xs = x[:, -1]
             if h > 1:
                 o = o @ self.out_w[layer].t()
@@ -223,10 +228,10 @@ class DecisionStepGraph(nn.Module):
             recorded = action
         return (
             action,
-            torch.stack(ms, dim=1),
-            torch.stack(us, dim=1),
-            torch.stack(ws, dim=1),
+            torch.cat(ms, dim=1),
+            torch.cat(us, dim=1),
+            torch.cat(ws, dim=1),
             recorded,
             t,
-            torch.ones_like(has_prev),
+            has_prev.logical_or(torch.tensor(True)),
         )
