@@ -9,6 +9,7 @@ the fly; the Aaren memory, LayerNorms and embeddings stay float32. The spec is c
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -32,15 +33,21 @@ def quantize_int8(
         raise FileExistsError(f"{dst} exists; pass overwrite=True (--overwrite) to replace it")
     proto = onnx.load(src)
     spec = loads_spec({p.key: p.value for p in proto.metadata_props}, str(src))
+    root = logging.getLogger()
+    level = root.level
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "q.onnx"
-        quantize_dynamic(
-            src,
-            out,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            extra_options={"MatMulConstBOnly": True},
-        )
+        root.setLevel(logging.ERROR)  # its advice to pre-process (shape inference) for static
+        try:
+            quantize_dynamic(
+                src,
+                out,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                extra_options={"MatMulConstBOnly": True},
+            )
+        finally:
+            root.setLevel(level)
         quantized = onnx.load(out)
     spec["source"] = {**spec.get("source", {}), "precision": "int8-dynamic"}
     spec.pop("version", None)
