@@ -44,6 +44,7 @@ __all__ = [
     "export_decision_step",
     "export_onnx",
     "export_ppo_policy",
+    "export_stream",
 ]
 
 
@@ -394,6 +395,79 @@ def export_ppo_policy(
             )
         },  # fmt: skip
         "task": dict(task or {}),
+        "source": _source(source),
+    }
+    return save_onnx(proto, spec, path)
+
+
+def _state_entries(names: Sequence[str], shapes: Mapping[str, tuple], state0) -> list[dict]:
+    return [
+        {
+            "name": n,
+            "next": f"{n}_next",
+            "shape": list(shapes[n]),
+            "dtype": _dtype_name(t),
+            "fill": _fill_value(t),
+        }
+        for n, t in zip(names, state0, strict=True)
+    ]
+
+
+def export_stream(
+    model: torch.nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    source: Mapping[str, Any] | None = None,
+) -> Path:
+    """Export a sequence head's stream (one observation in, the O(1) state carried) to ``path``.
+
+    ``model``: a :class:`~aaren_rl.heads.classify.ClassifyModel` on the Aaren backbone
+    (:class:`~aaren_rl.deploy.stream_graph.ClassifyStreamGraph`: ``x``, ``reset`` and the
+    state in; the class probabilities and the state out).
+    """
+    from aaren_rl.heads.classify import ClassifyModel
+
+    from .stream_graph import ClassifyStreamGraph
+
+    if not isinstance(model, ClassifyModel):
+        raise ValueError(
+            f"export_stream takes a ClassifyModel; {type(model).__name__} is not exported yet"
+        )
+    graph = ClassifyStreamGraph(model.float())
+    was_training = model.training
+    model.eval()
+    b = 2
+    x = torch.randn(b, graph.n_channels, generator=torch.Generator().manual_seed(0))
+    args = (x, torch.tensor([True, False]), *graph.initial_state(b))
+    names = graph.state_names
+    inputs = ("x", "reset", *names)
+    outputs = ("probabilities", *(f"{n}_next" for n in names))
+    try:
+        proto = _trace_to_onnx(graph, args, inputs, outputs)
+    finally:
+        model.train(was_training)
+    state = _state_entries(names, graph.state_shapes(), graph.initial_state(1))
+    cfg = model.config
+    spec = {
+        "kind": "classify_stream",
+        "inputs": [
+            {"name": "x", "shape": [cfg.n_channels], "dtype": "float32"},
+            {"name": "reset", "shape": [], "dtype": "bool"},
+        ]
+        + [{k: s[k] for k in ("name", "shape", "dtype")} for s in state],
+        "outputs": [{"name": "probabilities", "shape": [cfg.n_classes], "dtype": "float32"}]
+        + [{"name": s["next"], "shape": s["shape"], "dtype": s["dtype"]} for s in state],
+        "state": state,
+        "state_bytes_per_env": int(
+            sum(t.numel() * t.element_size() for t in graph.initial_state(1))
+        ),
+        "head": {
+            "n_channels": cfg.n_channels,
+            "n_classes": cfg.n_classes,
+            "pool": cfg.pool,
+            "max_len": cfg.max_len,
+            "normalisation": "folded into the graph: feed raw observations",
+        },
         "source": _source(source),
     }
     return save_onnx(proto, spec, path)

@@ -22,7 +22,7 @@ import torch
 from gymnasium import spaces
 from torch import Tensor, nn
 
-from aaren_rl.nn.aaren_attention import AarenState
+from .aaren_state import empty_rows, split_layers, stack_layers
 
 __all__ = ["PPOPolicyGraph"]
 
@@ -98,10 +98,7 @@ class PPOPolicyGraph(nn.Module):
         history = rest[0] if self.short_conv else None
         t = rest[-1]
         starts = episode_start.to(torch.bool)
-        rows = starts[:, None, None]
-        m = torch.where(rows, torch.full_like(m, float("-inf")), m)
-        u = torch.where(rows, torch.zeros_like(u), u)
-        w = torch.where(rows[..., None], torch.zeros_like(w), w)
+        m, u, w = empty_rows(m, u, w, starts)
         t = torch.where(starts, torch.zeros_like(t), t)
         features = self.policy._features(observation)[0]
         memory = self.memory
@@ -109,7 +106,7 @@ class PPOPolicyGraph(nn.Module):
             x, history = memory.embed.step(features, history, starts)
         else:
             x = memory.embed(features)
-        state = tuple(AarenState(m[:, i], u[:, i], w[:, i]) for i in range(self.n_layers))
+        state = split_layers(m, u, w)
         y, state = memory.backbone.step(memory._add_time(x, t), state)
         latent = self.policy._skip(memory._out(y, x), features)
         out = self.policy.action_net(self.policy.mlp_extractor.forward_actor(latent))
@@ -118,7 +115,7 @@ class PPOPolicyGraph(nn.Module):
         else:
             action = torch.minimum(torch.maximum(out, self.low), self.high)
             action = action.reshape(-1, *self.policy.action_space.shape)
-        new = [torch.stack([getattr(s, k) for s in state], dim=1) for k in ("m", "u", "w")]
+        new = list(stack_layers(state))
         if self.short_conv:
             new.append(history)
         return (action, *new, t + 1)

@@ -1,0 +1,62 @@
+"""The exported classification stream (ONNX Runtime) equals ``ClassifyStream.observe``.
+
+Several series side by side, each restarted at its own step (``reset``), both poolings, one and
+two layers: the probabilities within 1e-5 of a fresh :class:`ClassifyStream` per series
+segment, and the state the same size at every step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from aaren_rl.deploy import OnnxStep
+from aaren_rl.deploy.export import export_stream
+from aaren_rl.heads.classify import ClassifyConfig, ClassifyModel
+from aaren_rl.nn.build import build_backbone
+
+pytest.importorskip("onnxruntime")
+
+
+def _model(pool: str, layers: int) -> ClassifyModel:
+    torch.manual_seed(0)
+    cfg = ClassifyConfig(n_channels=3, n_classes=4, max_len=12, pool=pool, dropout=0.0)
+    mean, std = np.array([0.1, -0.2, 0.3], np.float32), np.array([1.0, 2.0, 0.5], np.float32)
+    model = ClassifyModel(cfg, build_backbone("aaren", 16, layers, 2, dropout=0.0), mean, std)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.mark.parametrize("pool", ["last", "mean"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_exported_classify_stream_equals_classify_stream(tmp_path, pool, layers):
+    model = _model(pool, layers)
+    step = OnnxStep(export_stream(model, tmp_path / "c.onnx"))
+    n, steps = 3, 30  # past max_len: positions clamp at the last one
+    rng = np.random.default_rng(0)
+    starts = {0: [0], 1: [0, 7, 19], 2: [0, 13]}  # each series restarts at its own steps
+    state = step.initial_state(n)
+    nbytes = step.state_nbytes(state)
+    refs = [None] * n
+    for t in range(steps):
+        x = rng.normal(size=(n, 3)).astype(np.float32)
+        reset = np.array([t in starts[i] for i in range(n)])
+        out, state = step.step(state, x=x, reset=reset)
+        for i in range(n):
+            if reset[i]:
+                refs[i] = model.stream(1)
+            with torch.no_grad():
+                want = refs[i].observe(torch.as_tensor(x[i : i + 1]))[0].numpy()
+            np.testing.assert_allclose(out["probabilities"][i], want, rtol=1e-5, atol=1e-5)
+        assert step.state_nbytes(state) == nbytes
+    assert step.spec["kind"] == "classify_stream"
+
+
+def test_stream_export_refuses_a_transformer(tmp_path):
+    cfg = ClassifyConfig(n_channels=3, n_classes=2, max_len=8)
+    model = ClassifyModel(cfg, build_backbone("transformer", 16, 1, 2))
+    with pytest.raises(ValueError, match="Aaren backbone"):
+        export_stream(model, tmp_path / "t.onnx")
