@@ -14,6 +14,7 @@ import torch
 from aaren_rl.deploy import OnnxStep
 from aaren_rl.deploy.export import export_stream
 from aaren_rl.heads.classify import ClassifyConfig, ClassifyModel
+from aaren_rl.heads.forecast import ForecastConfig, ForecastModel
 from aaren_rl.nn.build import build_backbone
 
 pytest.importorskip("onnxruntime")
@@ -60,3 +61,45 @@ def test_stream_export_refuses_a_transformer(tmp_path):
     model = ClassifyModel(cfg, build_backbone("transformer", 16, 1, 2))
     with pytest.raises(ValueError, match="Aaren backbone"):
         export_stream(model, tmp_path / "t.onnx")
+
+
+def _forecaster(channel_independent: bool, norm: str) -> ForecastModel:
+    torch.manual_seed(0)
+    cfg = ForecastConfig(n_channels=3, input_len=12, horizon=5, patch_len=4,
+                         channel_independent=channel_independent, norm=norm, dropout=0.0)  # fmt: skip
+    model = ForecastModel(cfg, build_backbone("aaren", 16, 2, 2, dropout=0.0))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.mark.parametrize("norm", ["revin", "none"])
+@pytest.mark.parametrize("channel_independent", [True, False])
+def test_exported_forecast_stream_equals_forecast_stream(tmp_path, channel_independent, norm):
+    model = _forecaster(channel_independent, norm)
+    step = OnnxStep(export_stream(model, tmp_path / "f.onnx"))
+    n, steps = 3, 30  # past input_len: positions clamp at the last patch's
+    rng = np.random.default_rng(1)
+    starts = {0: [0], 1: [0, 6, 17], 2: [0, 9]}  # restarts mid-patch too
+    state = step.initial_state(n)
+    nbytes = step.state_nbytes(state)
+    refs = [None] * n
+    checked = 0
+    for t in range(steps):
+        x = (rng.normal(size=(n, 3)) + 2.0).astype(np.float32)
+        reset = np.array([t in starts[i] for i in range(n)])
+        out, state = step.step(state, x=x, reset=reset)
+        for i in range(n):
+            if reset[i]:
+                refs[i] = model.stream(1)
+            with torch.no_grad():
+                refs[i].observe(torch.as_tensor(x[i : i + 1]))
+            assert bool(out["ready"][i]) == (refs[i].y_last is not None)
+            if refs[i].y_last is not None:
+                with torch.no_grad():
+                    want = refs[i].forecast()[0].numpy()
+                np.testing.assert_allclose(out["forecast"][i], want, rtol=1e-5, atol=1e-5)
+                checked += 1
+        assert step.state_nbytes(state) == nbytes
+    assert checked > 40 and step.spec["kind"] == "forecast_stream"

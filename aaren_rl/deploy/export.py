@@ -421,53 +421,65 @@ def export_stream(
 ) -> Path:
     """Export a sequence head's stream (one observation in, the O(1) state carried) to ``path``.
 
-    ``model``: a :class:`~aaren_rl.heads.classify.ClassifyModel` on the Aaren backbone
+    ``model``: a :class:`~aaren_rl.heads.classify.ClassifyModel`
     (:class:`~aaren_rl.deploy.stream_graph.ClassifyStreamGraph`: ``x``, ``reset`` and the
-    state in; the class probabilities and the state out).
+    state in; the class probabilities and the state out) or a
+    :class:`~aaren_rl.heads.forecast.ForecastModel`
+    (:class:`~aaren_rl.deploy.stream_graph.ForecastStreamGraph`: ``x``, ``reset`` and the
+    state in; the forecast, ``ready`` and the state out), on the Aaren backbone.
     """
     from aaren_rl.heads.classify import ClassifyModel
+    from aaren_rl.heads.forecast import ForecastModel
 
-    from .stream_graph import ClassifyStreamGraph
+    from .stream_graph import ClassifyStreamGraph, ForecastStreamGraph
 
-    if not isinstance(model, ClassifyModel):
+    cfg = model.config
+    if isinstance(model, ClassifyModel):
+        graph: Any = ClassifyStreamGraph(model.float())
+        kind, outs = "classify_stream", [("probabilities", [cfg.n_classes], "float32")]
+        head = {"n_classes": cfg.n_classes, "pool": cfg.pool, "max_len": cfg.max_len}
+    elif isinstance(model, ForecastModel):
+        graph = ForecastStreamGraph(model.float())
+        kind = "forecast_stream"
+        outs = [("forecast", [cfg.horizon, cfg.n_channels], "float32"), ("ready", [], "bool")]
+        head = {
+            "horizon": cfg.horizon,
+            "patch_len": cfg.patch_len,
+            "input_len": cfg.input_len,
+            "channel_independent": cfg.channel_independent,
+            "norm": cfg.norm,
+        }
+    else:
         raise ValueError(
-            f"export_stream takes a ClassifyModel; {type(model).__name__} is not exported yet"
+            f"export_stream takes a ClassifyModel or a ForecastModel, not {type(model).__name__}"
         )
-    graph = ClassifyStreamGraph(model.float())
     was_training = model.training
     model.eval()
     b = 2
-    x = torch.randn(b, graph.n_channels, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(b, cfg.n_channels, generator=torch.Generator().manual_seed(0))
     args = (x, torch.tensor([True, False]), *graph.initial_state(b))
     names = graph.state_names
     inputs = ("x", "reset", *names)
-    outputs = ("probabilities", *(f"{n}_next" for n in names))
+    outputs = (*(o[0] for o in outs), *(f"{n}_next" for n in names))
     try:
         proto = _trace_to_onnx(graph, args, inputs, outputs)
     finally:
         model.train(was_training)
     state = _state_entries(names, graph.state_shapes(), graph.initial_state(1))
-    cfg = model.config
     spec = {
-        "kind": "classify_stream",
+        "kind": kind,
         "inputs": [
             {"name": "x", "shape": [cfg.n_channels], "dtype": "float32"},
             {"name": "reset", "shape": [], "dtype": "bool"},
         ]
         + [{k: s[k] for k in ("name", "shape", "dtype")} for s in state],
-        "outputs": [{"name": "probabilities", "shape": [cfg.n_classes], "dtype": "float32"}]
+        "outputs": [{"name": n, "shape": sh, "dtype": dt} for n, sh, dt in outs]
         + [{"name": s["next"], "shape": s["shape"], "dtype": s["dtype"]} for s in state],
         "state": state,
         "state_bytes_per_env": int(
             sum(t.numel() * t.element_size() for t in graph.initial_state(1))
         ),
-        "head": {
-            "n_channels": cfg.n_channels,
-            "n_classes": cfg.n_classes,
-            "pool": cfg.pool,
-            "max_len": cfg.max_len,
-            "normalisation": "folded into the graph: feed raw observations",
-        },
+        "head": {"n_channels": cfg.n_channels, **head},
         "source": _source(source),
     }
     return save_onnx(proto, spec, path)
