@@ -14,6 +14,7 @@ import torch
 from aaren_rl.deploy import OnnxStep
 from aaren_rl.deploy.export import export_stream
 from aaren_rl.heads.classify import ClassifyConfig, ClassifyModel
+from aaren_rl.heads.events import EventConfig, EventModel
 from aaren_rl.heads.forecast import ForecastConfig, ForecastModel
 from aaren_rl.nn.build import build_backbone
 
@@ -103,3 +104,43 @@ def test_exported_forecast_stream_equals_forecast_stream(tmp_path, channel_indep
                 checked += 1
         assert step.state_nbytes(state) == nbytes
     assert checked > 40 and step.spec["kind"] == "forecast_stream"
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_exported_event_stream_equals_event_stream(tmp_path, layers):
+    torch.manual_seed(0)
+    cfg = EventConfig(n_marks=3, log_gap_mean=-0.5, log_gap_std=1.2, mean_gap=0.8,
+                      mean_window=20.0, n_components=4, n_time_features=3, dropout=0.0)  # fmt: skip
+    model = EventModel(cfg, build_backbone("aaren", 16, layers, 2, dropout=0.0))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    model.eval()
+    step = OnnxStep(export_stream(model, tmp_path / "e.onnx"))
+    n, steps = 3, 25
+    rng = np.random.default_rng(2)
+    starts = {0: [0], 1: [0, 8], 2: [0, 5, 18]}
+    state = step.initial_state(n)
+    state["start"][:] = [0.0, 1.5, 3.0]  # each sequence's window start
+    nbytes = step.state_nbytes(state)
+    refs, clock = [None] * n, np.array([0.0, 1.5, 3.0])
+    for t in range(steps):
+        reset = np.array([t in starts[i] for i in range(n)])
+        clock = np.where(reset, state["start"], clock) + rng.exponential(0.8, size=n)
+        marks = rng.integers(0, 3, size=n)
+        out, state = step.step(state, time=clock.astype(np.float32), mark=marks, reset=reset)
+        for i in range(n):
+            if reset[i]:
+                refs[i] = model.stream(1, start=float(state["start"][i]))
+            with torch.no_grad():
+                dist = refs[i].observe(
+                    torch.tensor([np.float32(clock[i])]), torch.tensor([marks[i]])
+                )
+                want = {
+                    "log_weights": dist.log_weights, "loc": dist.loc,
+                    "log_scale": dist.log_scale, "mean_gap": dist.mean(), "hidden": dist.hidden,
+                }  # fmt: skip
+            for name, value in want.items():
+                np.testing.assert_allclose(out[name][i], value[0].numpy(), rtol=1e-5, atol=1e-5)
+        assert step.state_nbytes(state) == nbytes
+    assert step.spec["kind"] == "event_stream"

@@ -429,37 +429,72 @@ def export_stream(
     state in; the forecast, ``ready`` and the state out), on the Aaren backbone.
     """
     from aaren_rl.heads.classify import ClassifyModel
+    from aaren_rl.heads.events import EventModel
     from aaren_rl.heads.forecast import ForecastModel
 
-    from .stream_graph import ClassifyStreamGraph, ForecastStreamGraph
+    from .stream_graph import ClassifyStreamGraph, EventStreamGraph, ForecastStreamGraph
 
     cfg = model.config
     if isinstance(model, ClassifyModel):
         graph: Any = ClassifyStreamGraph(model.float())
         kind, outs = "classify_stream", [("probabilities", [cfg.n_classes], "float32")]
-        head = {"n_classes": cfg.n_classes, "pool": cfg.pool, "max_len": cfg.max_len}
+        head = {"n_channels": cfg.n_channels, "n_classes": cfg.n_classes, "pool": cfg.pool}
+        head["max_len"] = cfg.max_len
     elif isinstance(model, ForecastModel):
         graph = ForecastStreamGraph(model.float())
         kind = "forecast_stream"
         outs = [("forecast", [cfg.horizon, cfg.n_channels], "float32"), ("ready", [], "bool")]
         head = {
+            "n_channels": cfg.n_channels,
             "horizon": cfg.horizon,
             "patch_len": cfg.patch_len,
             "input_len": cfg.input_len,
             "channel_independent": cfg.channel_independent,
             "norm": cfg.norm,
         }
+    elif isinstance(model, EventModel):
+        graph = EventStreamGraph(model.float())
+        kind, k, d = "event_stream", cfg.n_components, graph.d_model
+        outs = [
+            ("log_weights", [k], "float32"),
+            ("loc", [k], "float32"),
+            ("log_scale", [k], "float32"),
+            ("mean_gap", [], "float32"),
+            ("hidden", [d], "float32"),
+        ]
+        head = {
+            "n_marks": cfg.n_marks,
+            "n_components": k,
+            "log_gap_mean": cfg.log_gap_mean,
+            "log_gap_std": cfg.log_gap_std,
+            "min_gap": cfg.min_gap,
+            "distribution": "mixture of normals over z = (log(gap) - log_gap_mean) / log_gap_std",
+        }
     else:
         raise ValueError(
-            f"export_stream takes a ClassifyModel or a ForecastModel, not {type(model).__name__}"
+            "export_stream takes a ClassifyModel, a ForecastModel or an EventModel, not "
+            f"{type(model).__name__}"
         )
     was_training = model.training
     model.eval()
     b = 2
-    x = torch.randn(b, cfg.n_channels, generator=torch.Generator().manual_seed(0))
-    args = (x, torch.tensor([True, False]), *graph.initial_state(b))
+    g = torch.Generator().manual_seed(0)
+    if kind == "event_stream":
+        data_inputs = [
+            {"name": "time", "shape": [], "dtype": "float32"},
+            {"name": "mark", "shape": [], "dtype": "int64"},
+            {"name": "reset", "shape": [], "dtype": "bool"},
+        ]
+        first = (torch.rand(b, generator=g) + 1.0, torch.zeros(b, dtype=torch.long))
+    else:
+        data_inputs = [
+            {"name": "x", "shape": [cfg.n_channels], "dtype": "float32"},
+            {"name": "reset", "shape": [], "dtype": "bool"},
+        ]
+        first = (torch.randn(b, cfg.n_channels, generator=g),)
+    args = (*first, torch.tensor([True, False]), *graph.initial_state(b))
     names = graph.state_names
-    inputs = ("x", "reset", *names)
+    inputs = (*(i["name"] for i in data_inputs), *names)
     outputs = (*(o[0] for o in outs), *(f"{n}_next" for n in names))
     try:
         proto = _trace_to_onnx(graph, args, inputs, outputs)
@@ -468,18 +503,14 @@ def export_stream(
     state = _state_entries(names, graph.state_shapes(), graph.initial_state(1))
     spec = {
         "kind": kind,
-        "inputs": [
-            {"name": "x", "shape": [cfg.n_channels], "dtype": "float32"},
-            {"name": "reset", "shape": [], "dtype": "bool"},
-        ]
-        + [{k: s[k] for k in ("name", "shape", "dtype")} for s in state],
+        "inputs": data_inputs + [{k: s[k] for k in ("name", "shape", "dtype")} for s in state],
         "outputs": [{"name": n, "shape": sh, "dtype": dt} for n, sh, dt in outs]
         + [{"name": s["next"], "shape": s["shape"], "dtype": s["dtype"]} for s in state],
         "state": state,
         "state_bytes_per_env": int(
             sum(t.numel() * t.element_size() for t in graph.initial_state(1))
         ),
-        "head": {"n_channels": cfg.n_channels, **head},
+        "head": head,
         "source": _source(source),
     }
     return save_onnx(proto, spec, path)

@@ -23,6 +23,18 @@ channels per row. The observation fills slot ``count`` of the pending patch; whe
 complete the backbone takes one step (the graph computes that step at every call and keeps its
 result only where the patch completed: a select, no branch). ``forecast`` is the forecast
 from every completed patch so far, valid where ``ready`` (at least one patch).
+
+:class:`EventStreamGraph` is :class:`~aaren_rl.heads.events.EventStream`'s ``observe``, one
+event per sequence per call::
+
+    (time [B] (absolute), mark [B] int64, reset [B] bool, m, u, w, last_time [B], start [B])
+    -> (log_weights [B, K], loc [B, K], log_scale [B, K], mean_gap [B], hidden [B, D],
+        the state')
+
+The outputs are the next event's distribution (:class:`~aaren_rl.heads.events.NextEvent`: the
+mixture over the standardised log gap and its closed-form mean gap) and the hidden vector its
+mark head reads. ``start`` is the window's start (set it in the initial state; a ``reset`` row
+restarts with ``last_time = start``).
 """
 
 from __future__ import annotations
@@ -31,12 +43,13 @@ import torch
 from torch import Tensor, nn
 
 from aaren_rl.heads.classify import ClassifyModel
+from aaren_rl.heads.events import EventModel
 from aaren_rl.heads.forecast import ForecastModel
 from aaren_rl.nn.aaren import AarenBackbone
 
 from .aaren_state import empty_rows, initial_stacked, split_layers, stack_layers, stacked_shapes
 
-__all__ = ["ClassifyStreamGraph", "ForecastStreamGraph"]
+__all__ = ["ClassifyStreamGraph", "EventStreamGraph", "ForecastStreamGraph"]
 
 
 class ClassifyStreamGraph(nn.Module):
@@ -179,4 +192,58 @@ class ForecastStreamGraph(nn.Module):
             n_patches,
             unflat(y_rows),
             unflat(last_rows),
+        )
+
+
+class EventStreamGraph(nn.Module):
+    """The state-in/state-out event stream (see the module docstring)."""
+
+    state_names = ("m", "u", "w", "last_time", "start")
+
+    def __init__(self, model: EventModel) -> None:
+        super().__init__()
+        if not isinstance(model.backbone, AarenBackbone):
+            raise ValueError(
+                f"stream export runs the Aaren backbone (constant memory), not "
+                f"{type(model.backbone).__name__}"
+            )
+        self.model = model
+        self.d_model = model.backbone.d_model
+
+    def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {**stacked_shapes(self.model.backbone), "last_time": (), "start": ()}
+
+    def initial_state(self, batch: int) -> tuple[Tensor, ...]:
+        return (
+            *initial_stacked(self.model.backbone, batch),
+            torch.zeros(batch),
+            torch.zeros(batch),
+        )
+
+    def forward(
+        self,
+        time: Tensor,
+        mark: Tensor,
+        reset: Tensor,
+        m: Tensor,
+        u: Tensor,
+        w: Tensor,
+        last_time: Tensor,
+        start: Tensor,
+    ) -> tuple[Tensor, ...]:
+        model = self.model
+        m, u, w = empty_rows(m, u, w, reset)
+        last_time = torch.where(reset, start, last_time)
+        token = model.tokens(time - last_time, time - start, mark)
+        y, state = model.backbone.step(token, split_layers(m, u, w))
+        dist = model.distribution(y)
+        return (
+            dist.log_weights,
+            dist.loc,
+            dist.log_scale,
+            dist.mean(),
+            dist.hidden,
+            *stack_layers(state),
+            time,
+            start,
         )
