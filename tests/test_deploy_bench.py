@@ -25,6 +25,7 @@ def test_bench_export_quick(tmp_path):
     for name in ("onnx-float32", "onnx-int8", "fast-numba"):
         assert {(name, 1), (name, 4)} <= variants
     assert all(r["us_per_env"] > 0 and r["steps_timed"] > 0 for r in results["latency"])
+    assert all(0 < r["us_per_env_p10"] <= r["us_per_env"] for r in results["latency"])
     sizes = results["file_bytes"]
     assert sizes["onnx-int8"] < sizes["onnx-float32"]
     rss = results["peak_rss"]

@@ -9,7 +9,8 @@ features; weights drawn at random: costs do not depend on them) it measures, in 
    with one intra-op thread and torch with one thread. Each ONNX variant is timed twice: the
    bare ``session.run`` and :meth:`~aaren_rl.deploy.runtime.OnnxStep.step` (what a runner
    calls: input checks and the state dict). The steppers take turns in rounds, so a load
-   change on a shared machine hits them alike; the median is reported.
+   change on a shared machine hits them alike; the median and the 10th percentile are
+   reported.
 2. The files' sizes (float32, int8).
 3. Peak memory (``VmHWM``: the peak resident set) of a fresh process that loads the float32 file and runs 2,000
    steps at 16 environments, with torch never imported (the import is blocked), against the
@@ -165,6 +166,7 @@ def measure_latency(model: Any, files: dict[str, Path], args: argparse.Namespace
                 s.block(args.block_seconds)
         for s in steppers:
             med = statistics.median(s.times)
+            p10 = float(np.percentile(s.times, 10))
             records.append(
                 {
                     "variant": s.name,
@@ -172,9 +174,13 @@ def measure_latency(model: Any, files: dict[str, Path], args: argparse.Namespace
                     "steps_timed": len(s.times),
                     "step_us": med * 1e6,
                     "us_per_env": med * 1e6 / n,
+                    "us_per_env_p10": p10 * 1e6 / n,
                 }
             )
-            log(f"latency {s.name:30s} envs={n:3d}: {med * 1e6 / n:8.1f} µs/env")
+            log(
+                f"latency {s.name:30s} envs={n:3d}: {med * 1e6 / n:8.1f} µs/env "
+                f"(p10 {p10 * 1e6 / n:.1f})"
+            )
     return records
 
 
@@ -299,10 +305,10 @@ def stamp(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _lat(results: dict, variant: str, n: int) -> float | None:
+def _lat(results: dict, variant: str, n: int, key: str = "us_per_env") -> float | None:
     for r in results["latency"]:
         if r["variant"] == variant and r["n_envs"] == n:
-            return r["us_per_env"]
+            return r[key]
     return None
 
 
@@ -318,12 +324,17 @@ def markdown(results: dict) -> str:
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in st["versions"].items() if v),
         "",
+        "µs per env step, median (10th percentile): on a loaded machine the low percentile is "
+        "the closer estimate of the unloaded cost (a long step is preempted more often).",
+        "",
         "| µs per env step | " + " | ".join(f"{n} env{'s' if n > 1 else ''}" for n in envs) + " |",
         "|---|" + "---:|" * len(envs),
     ]
     for v in variants:
-        cells = [_lat(results, v, n) for n in envs]
-        lines.append(f"| {v} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
+        cells = [
+            f"{_lat(results, v, n):.1f} ({_lat(results, v, n, 'us_per_env_p10'):.1f})" for n in envs
+        ]
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
     sizes = results["file_bytes"]
     lines += [
         "",
