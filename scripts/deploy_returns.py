@@ -2,8 +2,8 @@
 
 For each checkpoint: export the rollout step (float32) and its int8 variant (ONNX Runtime's
 dynamic quantisation), then play the same episodes (same seeds: env i seeded ``seed + i``) with
-``evaluate_agent`` (the model in PyTorch, the fast step), ``evaluate_onnx`` on the float32 file
-and ``evaluate_onnx`` on the int8 file. Writes (merges into) a JSON file keyed by task; the
+``evaluate_agent`` (the model in PyTorch: the fast step for Box actions, the model's own step
+for Discrete), ``evaluate_onnx`` on the float32 file and ``evaluate_onnx`` on the int8 file. Writes (merges into) a JSON file keyed by task; the
 markdown table of docs/deploy.md is printed.
 
     python scripts/deploy_returns.py runs/deploy/hopper-medium/checkpoint.pt \\
@@ -54,7 +54,7 @@ def evaluate_checkpoint(path: Path, episodes: int, envs: int, seed: int) -> dict
         "episodes": episodes,
         "n_envs": envs,
         "seed": seed,
-        "pytorch_fast_step": _summary(ref.returns),
+        "pytorch_evaluate_agent": _summary(ref.returns),
     }
     with tempfile.TemporaryDirectory() as tmp:
         f32 = export_onnx(path, Path(tmp) / "step.onnx")
@@ -83,13 +83,13 @@ def main() -> None:
         results[r["task"]] = r
         write_json_atomic(args.out, results)
     print(
-        "| task | episodes | PyTorch (fast step) | ONNX float32 | ONNX int8 | float32 / int8 file |"
+        "| task | episodes | PyTorch (evaluate_agent) | ONNX float32 | ONNX int8 | float32 / int8 file |"
     )
     print("|---|---:|---:|---:|---:|---:|")
     for name, r in results.items():
         cells = [
             f"{r[k]['mean']:.1f} ± {r[k]['std']:.1f}"
-            for k in ("pytorch_fast_step", "onnx_float32", "onnx_int8")
+            for k in ("pytorch_evaluate_agent", "onnx_float32", "onnx_int8")
         ]
         sizes = (
             f"{r['file_bytes']['float32'] / 1024:.0f} / {r['file_bytes']['int8'] / 1024:.0f} KiB"
