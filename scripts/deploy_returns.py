@@ -3,11 +3,13 @@
 For each checkpoint: export the rollout step (float32) and its int8 variant (ONNX Runtime's
 dynamic quantisation), then play the same episodes (same seeds: env i seeded ``seed + i``) with
 ``evaluate_agent`` (the model in PyTorch: the fast step for Box actions, the model's own step
-for Discrete), ``evaluate_onnx`` on the float32 file and ``evaluate_onnx`` on the int8 file. Writes (merges into) a JSON file keyed by task; the
-markdown table of docs/deploy.md is printed.
+for Discrete), ``evaluate_onnx`` on the float32 file and ``evaluate_onnx`` on the int8 file.
+Writes (merges into) a JSON file keyed by task and prints the markdown table of docs/deploy.md:
 
-    python scripts/deploy_returns.py runs/deploy/hopper-medium/checkpoint.pt \\
-        runs/deploy/tmaze-l100/checkpoint.pt --episodes 10 --envs 10 --out docs/deploy_returns.json
+    python scripts/deploy_returns.py runs/deploy/hopper-medium/checkpoint.pt --episodes 10 \\
+        --envs 10 --out docs/deploy_returns.json
+    python scripts/deploy_returns.py runs/deploy/tmaze-l100/checkpoint.pt --episodes 100 \\
+        --envs 25 --out docs/deploy_returns.json
 """
 
 from __future__ import annotations
