@@ -385,6 +385,12 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ts = [r["t"] for r in rs]
         axes[1, 0].plot(ts, [1e6 * min(r["seconds"]) for r in rs], "o-", label=name)
         axes[1, 1].plot(ts, [max(r["state_bytes"], 1) for r in rs], "o-", label=name)
+    titles = [
+        "Training: one forward+backward pass",
+        "Training: peak tensor memory",
+        "Rollout: one step at position t",
+        "Rollout: state carried between steps",
+    ]
     labels = [
         ("sequence length T", "forward+backward, median (ms)"),
         ("sequence length T", "peak tensor memory (MiB)"),
@@ -393,7 +399,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ]
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    for ax, (xl, yl) in zip(axes.flat, labels, strict=True):
+    for ax, title, (xl, yl) in zip(axes.flat, titles, labels, strict=True):
+        ax.set_title(title, fontsize=10)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.xaxis.set_major_formatter(ScalarFormatter())

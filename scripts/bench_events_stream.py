@@ -10,7 +10,8 @@ Weights are random: the cost of a step does not depend on their values.
 
     PYTHONPATH=$PWD .venv/bin/python scripts/bench_events_stream.py --threads 1
 
-writes ``docs/events-stream.{json,md,png}`` (refuses to overwrite unless ``--force``).
+writes ``OUT.{json,md,png}`` (default ``runs/events-stream/events-stream``; refuses to
+overwrite unless ``--force``). The measured runs are in ``docs/benchmarks/events-stream/``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def main() -> int:
     p.add_argument("--probe-at", default="10000,30000,100000")
     p.add_argument("--probe-steps", type=int, default=200)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default="docs/events-stream")
+    p.add_argument("--out", default="runs/events-stream/events-stream", help="path prefix")
     p.add_argument("--force", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -177,13 +178,14 @@ def _plot(results: dict, path: Path, stamp: dict) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     colors = {"aaren": "tab:blue", "transformer": "tab:orange"}
+    names = {"aaren": "Aaren", "transformer": "Transformer (KV cache)"}
     for name, r in results.items():
         c = colors.get(name)
         ax.plot(
             [b["events"] for b in r["streamed"]],
             [b["ms_per_event"] for b in r["streamed"]],
             color=c,
-            label=f"{name} (streamed)",
+            label=f"{names.get(name, name)}, streamed",
         )
         if r["probes"]:
             ax.plot(
@@ -191,12 +193,22 @@ def _plot(results: dict, path: Path, stamp: dict) -> None:
                 [b["ms_per_event"] for b in r["probes"]],
                 "o--",
                 color=c,
-                label=f"{name} (state filled in parallel, then timed)",
+                label=f"{names.get(name, name)}, state filled in parallel, then timed",
             )
-    ax.set_xlabel("events so far in the stream")
-    ax.set_ylabel("ms per event")
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_xlabel("events already in the stream")
+    ax.set_ylabel("time per event (ms)")
     ax.set_ylim(bottom=0)
-    ax.set_title(f"events head streaming, {stamp['threads']} thread(s), torch {stamp['torch']}")
+    ax.set_xlim(left=0)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:g}k"))
+    ax.grid(True, alpha=0.3)
+    ax.set_title(
+        "Events head on a 5-mark Hawkes stream: cost per event\n"
+        f"d_model {stamp['d_model']}, {stamp['n_layers']} layers, {stamp['n_heads']} heads; "
+        f"CPU, {stamp['threads']} thread(s), torch {stamp['torch']}",
+        fontsize=10,
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure_atomic(fig, path)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The exact command run on the lent GPU machine for docs/results.md (issue 4, "Measured").
+# The command that ran on a GPU machine for the table of docs/results.md ("Measured").
 #
 # The device has python3 with torch (CUDA), h5py, numpy, tensorboard, tqdm and pyyaml but no
 # gymnasium, mujoco or stable-baselines3: their wheels travel in .gpuwheels (git-ignored). Each

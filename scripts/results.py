@@ -68,8 +68,13 @@ def agent_overrides(spec: str, protocol: str | None) -> tuple[str, dict[str, Any
     return preset, overrides, label
 
 
+def protocol_dir(root: Path, protocol: str | None, steps: int) -> Path:
+    """The folder of every run of one protocol and step count (and of their score plot)."""
+    return root / f"{protocol or 'published'}-{steps}steps"
+
+
 def run_dir(root: Path, protocol: str, steps: int, task: str, label: str, seed: int) -> Path:
-    return root / f"{protocol or 'published'}-{steps}steps" / task / label / f"seed{seed}"
+    return protocol_dir(root, protocol, steps) / task / label / f"seed{seed}"
 
 
 def finished_metrics(path: Path, steps: int, episodes: int) -> dict[str, Any] | None:
@@ -235,6 +240,54 @@ def render_tables(results: dict[tuple[str, str], list[dict[str, Any]]], agents: 
     return "\n".join(lines)
 
 
+def plot_scores(
+    results: dict[tuple[str, str], list[dict[str, Any]]], agents: list[str], path: Path, title: str
+) -> dict[str, list[float]]:
+    """Grouped bars: each task's normalised score at its first target return, one bar per agent
+    (mean over seeds, the error bar their std, each seed a dot), written atomically to ``path``.
+    Returns the bar heights, ``{agent label: [mean per task]}`` (NaN where a task has no run)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from aaren_rl.files import save_figure_atomic
+
+    labels = [parse_agent(a)[2] for a in agents]
+    tasks = list(dict.fromkeys(task for task, _ in results))
+    names = {
+        "decision-aaren": "Decision Aaren (prefix training)",
+        "decision-aaren-window": "Decision Aaren trained on DT windows",
+        "decision-transformer": "Decision Transformer",
+    }
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(tasks) + 2), 4.5))
+    width = 0.8 / max(len(labels), 1)
+    heights: dict[str, list[float]] = {}
+    for j, label in enumerate(labels):
+        x = np.arange(len(tasks)) + (j - (len(labels) - 1) / 2) * width
+        per_task = [
+            [r["final_eval"][0]["normalized_mean"] for r in results.get((t, label), [])]
+            for t in tasks
+        ]
+        means = [np.mean(v) if v else np.nan for v in per_task]
+        stds = [np.std(v) if v else 0.0 for v in per_task]
+        heights[label] = [float(m) for m in means]
+        ax.bar(x, means, width, yerr=stds, capsize=3, label=names.get(label, label))
+        for xi, v in zip(x, per_task, strict=True):
+            ax.plot([xi] * len(v), v, ".", color="0.2", ms=4)
+    ax.set_xticks(np.arange(len(tasks)), [t.replace("-medium", "\nmedium") for t in tasks])
+    ax.set_ylabel("D4RL-normalised score (first target return)")
+    ax.set_xlabel("task (MuJoCo v5, D4RL recipe)")
+    ax.set_title(title, fontsize=10)
+    ax.axhline(0, color="0.5", lw=0.8)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure_atomic(fig, path)
+    plt.close(fig)
+    return heights
+
+
 def write_doc(doc: Path, block: str) -> None:
     """Replace the marked block of ``doc`` (or append one), atomically."""
     from aaren_rl.files import write_text_atomic
@@ -318,6 +371,16 @@ def main(argv: list[str] | None = None) -> int:
         ]
     )
     write_doc(args.doc, block)
+    if len(steps) == 1 and any(results.values()):
+        plot = protocol_dir(args.runs, args.protocol, steps[0])
+        plot_scores(
+            {k: [r for r in v if r.get("final_eval")] for k, v in results.items()},
+            args.agents,
+            plot / "scores.png",
+            f"Decision Aaren vs Decision Transformer: protocol {args.protocol or 'published'}, "
+            f"{steps[0]} training steps, seeds {args.seeds}",
+        )
+        print(f"wrote {plot / 'scores.png'}")
     print(block)
     print(f"\nwrote {args.doc} ({time.perf_counter() - t0:.0f} s)")
     return 0

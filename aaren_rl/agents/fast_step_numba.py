@@ -26,10 +26,11 @@ is ``x [B, slots, D]`` with slot 0 the pending action, then R_t and s_t (separat
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 import torch
+from torch import Tensor
 
 try:  # pragma: no branch
     import numba
@@ -39,8 +40,37 @@ except ImportError:  # pragma: no cover - exercised where numba is not installed
     numba = None
     AVAILABLE = False
 
-if TYPE_CHECKING:
-    from aaren_rl.agents.fast_step import FastDecisionStep, FastState
+
+class FastStateLike(Protocol):
+    """What the kernels read of :class:`aaren_rl.agents.fast_step.FastState` (a NamedTuple of
+    these six tensors, in this order; this module does not import ``fast_step``, which imports
+    it)."""
+
+    m: Tensor
+    u: Tensor
+    w: Tensor
+    pending_action: Tensor
+    pending_t: Tensor
+    has_pending: Tensor
+
+    def __iter__(self) -> Any: ...
+
+
+class FastStepLike(Protocol):
+    """What :func:`pack` and :class:`NumbaStep` read of
+    :class:`aaren_rl.agents.fast_step.FastDecisionStep`: its fused weights and sizes."""
+
+    weights: Any  # fast_step.FusedWeights
+    config: Any  # the decision model's DecisionModelConfig
+    n_heads: int
+    value_dim: int
+    n_layers: int
+    obs_dim: int
+    act_dim: int
+    activation: str
+    clip: float
+    reward_scale: float
+
 
 # order of the packed weights (FusedWeights fields)
 ORDER = (
@@ -445,7 +475,7 @@ if AVAILABLE:
 
 
 def profile_phases(
-    nat: NumbaStep, obs: np.ndarray, rtg: np.ndarray, t: np.ndarray, state: FastState, reps: int
+    nat: NumbaStep, obs: np.ndarray, rtg: np.ndarray, t: np.ndarray, state: FastStateLike, reps: int
 ) -> dict[str, float]:
     """Seconds per step spent in each phase of :func:`step` (the same calls in the same order,
     one Python call per phase, so the sum is a little above the kernel's), median of ``reps``.
@@ -527,7 +557,7 @@ def profile_phases(
     return {name: float(np.median(v)) for name, v in samples.items()}
 
 
-def first_layer_tables(fast: FastDecisionStep) -> dict[str, np.ndarray]:
+def first_layer_tables(fast: FastStepLike) -> dict[str, np.ndarray]:
     """Layer 0's scores and values as linear maps of the raw token inputs (:data:`FIRST`).
 
     A token enters as ``e`` (embeddings summed: ``S obs + b_s + table[t]``, ``r w_r + b_r +
@@ -560,7 +590,7 @@ def first_layer_tables(fast: FastDecisionStep) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(v.numpy(), dtype=np.float32) for k, v in out.items()}
 
 
-def pack(fast: FastDecisionStep) -> tuple[np.ndarray, np.ndarray]:
+def pack(fast: FastStepLike) -> tuple[np.ndarray, np.ndarray]:
     """The fused weights (:data:`ORDER`, then :func:`first_layer_tables` in :data:`FIRST`
     order) as one flat float32 array and the ``len(ORDER) + len(FIRST) + 1`` offsets."""
     parts = [getattr(fast.weights, name).detach().reshape(-1).numpy() for name in ORDER]
@@ -574,7 +604,7 @@ def pack(fast: FastDecisionStep) -> tuple[np.ndarray, np.ndarray]:
 class NumbaStep:
     """Scratch buffers and packed weights for one :class:`FastDecisionStep` (CPU float32)."""
 
-    def __init__(self, fast: FastDecisionStep) -> None:
+    def __init__(self, fast: FastStepLike) -> None:
         cfg = fast.config
         self.slots = 2 if cfg.return_token == "merged" else 3
         self.flat, self.offs = pack(fast)
@@ -599,9 +629,9 @@ class NumbaStep:
         self.floats = np.array([fast.reward_scale, clip], dtype=np.float32)
         self.act_dim = fast.act_dim
         self._scratch: dict[int, tuple[np.ndarray, ...]] = {}
-        self._views: dict[int, tuple[FastState, tuple[np.ndarray, ...]]] = {}
+        self._views: dict[int, tuple[FastStateLike, tuple[np.ndarray, ...]]] = {}
 
-    def views(self, state: FastState) -> tuple[np.ndarray, ...]:
+    def views(self, state: FastStateLike) -> tuple[np.ndarray, ...]:
         """numpy views of ``state``'s six tensors, kept for the last few states (a rollout
         steps one state per group of envs, and making six views costs more than the kernel's
         smallest loops); the entry holds the state, so its id is not reused while kept."""
@@ -612,7 +642,7 @@ class NumbaStep:
             hit = self._views[id(state)] = (state, tuple(t.numpy() for t in state))
         return hit[1]
 
-    def observe(self, action: np.ndarray, t: np.ndarray, state: FastState) -> int:
+    def observe(self, action: np.ndarray, t: np.ndarray, state: FastStateLike) -> int:
         """Record a_t (``[B, act]`` float32, ``t [B]`` int64); :func:`record_action`'s status."""
         _, _, _, pa, pt, hp = self.views(state)
         return record_action(action, t, pa, pt, hp)
@@ -635,7 +665,7 @@ class NumbaStep:
             )
         return self._scratch[batch]
 
-    def act(self, obs: np.ndarray, rtg: np.ndarray, t: np.ndarray, state: FastState):
+    def act(self, obs: np.ndarray, rtg: np.ndarray, t: np.ndarray, state: FastStateLike):
         """One step for every row (``obs [B, obs_dim]``, ``rtg [B]`` float32, ``t [B]`` int64,
         C order; see :func:`step`): ``(action, 0)`` with the action as a new tensor, or
         ``(None, status)`` when an input was refused (see :func:`input_status`)."""
@@ -670,6 +700,6 @@ class NumbaStep:
         return torch.from_numpy(y[:b, : self.act_dim].copy()), 0
 
 
-def build(fast: FastDecisionStep) -> NumbaStep | None:
+def build(fast: FastStepLike) -> NumbaStep | None:
     """The numba back end for ``fast``, or None where numba is not installed."""
     return NumbaStep(fast) if AVAILABLE else None

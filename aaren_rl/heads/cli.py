@@ -315,8 +315,13 @@ def forecast_outputs(model: Any, data: Any, out: Path, device: torch.device) -> 
     ax.plot(range(li), last["x"][0, :, channel], color="0.4", label="input")
     ax.plot(range(li, li + h), target[-1, :, channel], color="k", label="truth")
     ax.plot(range(li, li + h), pred[-1, :, channel], color="tab:red", label="forecast")
-    ax.set_title(f"{data.table.path.name} {data.table.columns[channel]}: last test window")
-    ax.set_xlabel("step")
+    from aaren_rl.heads.events_cli import backbone_label
+
+    ax.set_title(
+        f"{backbone_label(model)} forecast head on {data.table.path.name}, channel "
+        f"{data.table.columns[channel]}: last test window (input {li}, horizon {h})"
+    )
+    ax.set_xlabel("time step in the window")
     ax.set_ylabel("standardised value")
     ax.legend()
     fig.tight_layout()
@@ -379,7 +384,14 @@ def classify_outputs(model: Any, data: Any, out: Path, device: torch.device) -> 
     ax.set_yticks(range(k), data.classes, fontsize=7)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"test accuracy {np.mean(pred == truth):.3f}")
+    from aaren_rl.heads.events_cli import backbone_label
+
+    test_file = getattr(data.test, "path", None)
+    name = Path(test_file).name if test_file else "test set"
+    ax.set_title(
+        f"{backbone_label(model)} classifier, {name}\ntest accuracy {np.mean(pred == truth):.3f}",
+        fontsize=9,
+    )
     fig.tight_layout()
     save_figure_atomic(fig, out / "predictions.png")
     plt.close(fig)

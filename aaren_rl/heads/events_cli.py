@@ -135,6 +135,13 @@ def event_outputs(model: Any, data: Any, out: Path, device: torch.device) -> dic
 
 
 @torch.no_grad()
+def backbone_label(model: Any) -> str:
+    """``"Aaren"`` or ``"Transformer"`` for a head whose ``backbone`` is one of ours (plot titles);
+    the backbone's class name otherwise."""
+    name = type(getattr(model, "backbone", model)).__name__
+    return {"AarenBackbone": "Aaren", "TransformerBackbone": "Transformer"}.get(name, name)
+
+
 def plot_intensity(
     model: Any, data: Any, row: int, path: Path, device: torch.device, span: float | None = None
 ) -> None:
@@ -167,7 +174,7 @@ def plot_intensity(
     ax.plot(shown, np.zeros_like(shown), "|", color="0.3", ms=10, label="events")
     ax.set_xlabel("time")
     ax.set_ylabel("total intensity")
-    ax.set_title(f"{data.name}: test sequence {row}")
+    ax.set_title(f"{backbone_label(model)} events head on {data.name}: test sequence {row}")
     ax.legend(loc="upper right", fontsize=8)
     # the next-gap density after event j, where the true density is known in closed form
     ax = axes[1]
@@ -184,6 +191,7 @@ def plot_intensity(
         )
         survival *= np.exp(-lam[0] * gaps[0])
         ax.plot(gaps, lam * survival, color="k", label="true p(tau)")
+    ax.set_title(f"next-gap density after event {j}", fontsize=10)
     ax.set_xlabel(f"gap after event {j}")
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
