@@ -7,9 +7,9 @@ for Discrete), ``evaluate_onnx`` on the float32 file and ``evaluate_onnx`` on th
 Writes (merges into) a JSON file keyed by task and prints the markdown table of docs/deploy.md:
 
     python scripts/deploy_returns.py runs/deploy/hopper-medium/checkpoint.pt --episodes 10 \\
-        --envs 10 --out docs/deploy_returns.json
+        --envs 10 --out docs/benchmarks/deploy-returns/deploy_returns.json
     python scripts/deploy_returns.py runs/deploy/tmaze-l100/checkpoint.pt --episodes 100 \\
-        --envs 25 --out docs/deploy_returns.json
+        --envs 25 --out docs/benchmarks/deploy-returns/deploy_returns.json
 """
 
 from __future__ import annotations
@@ -76,7 +76,9 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--envs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("docs/deploy_returns.json"))
+    parser.add_argument(
+        "--out", type=Path, default=Path("docs/benchmarks/deploy-returns/deploy_returns.json")
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     results = json.loads(args.out.read_text()) if args.out.exists() else {}

@@ -7,7 +7,7 @@ features; weights drawn at random: costs do not depend on them) it measures, in 
    Runtime int8 (dynamic quantisation) and :class:`~aaren_rl.agents.fast_step.FastDecisionStep`
    on numba (``act`` + clip + ``observe_action``, as the rollout calls it). ONNX Runtime runs
    with one intra-op thread and torch with one thread. Each ONNX variant is timed twice: the
-   bare ``session.run`` and :meth:`~aaren_rl.deploy.runtime.OnnxStep.step` (what a runner
+   bare ``InferenceSession.run`` ("bare run") and :meth:`~aaren_rl.deploy.runtime.OnnxStep.step` (what a runner
    calls: input checks and the state dict). The steppers take turns in rounds, so a load
    change on a shared machine hits them alike; the median and the 10th percentile are
    reported.
@@ -49,7 +49,12 @@ VARIANTS = ("onnx-float32", "onnx-int8", "fast-numba")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``aaren-rl bench export``."""
-    parser.add_argument("--out", type=Path, default=Path("docs"), help="output folder (docs)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("docs/benchmarks/bench-export"),
+        help="output folder (docs/benchmarks/bench-export)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing results")
     parser.add_argument("--envs", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--rounds", type=int, default=7, help="rounds of turns (7)")
@@ -117,7 +122,7 @@ def _onnx_steppers(path: Path, label: str, n: int, inputs: dict) -> list[_Steppe
         out = step.session.run(names, {**inputs, **holder["raw"]})
         holder["raw"] = dict(zip(state_names, out[1:], strict=True))
 
-    return [_Stepper(label, wrapped, n), _Stepper(label + " (session.run)", raw, n)]
+    return [_Stepper(label, wrapped, n), _Stepper(label + " (bare run)", raw, n)]
 
 
 def _numba_stepper(model: Any, n: int, inputs: dict) -> _Stepper | None:

@@ -1,9 +1,10 @@
 """Run an exported policy without PyTorch: ONNX Runtime and numpy only.
 
 :class:`OnnxStep` wraps one exported graph (any kind of :mod:`aaren_rl.deploy.spec`): it
-holds the ONNX Runtime session, makes the empty state (:meth:`OnnxStep.initial_state`), empties
-the rows of finished episodes (:meth:`OnnxStep.reset`) and calls the graph with the state
-carried (:meth:`OnnxStep.step`). Its state is a dict of numpy arrays, batch first, whose size
+holds the ONNX Runtime ``InferenceSession``, makes the empty state
+(:meth:`OnnxStep.initial_state`), empties the rows of finished episodes
+(:meth:`OnnxStep.reset`) and calls the graph with the state carried (:meth:`OnnxStep.step`).
+Its state is a dict of numpy arrays, batch first, whose size
 never depends on how many steps came before.
 
 :func:`evaluate_onnx` rolls a Decision Aaren step out in Gymnasium vector environments with
@@ -45,7 +46,7 @@ def _ort() -> Any:
 
 
 class OnnxStep:
-    """One exported aaren-rl graph in an ONNX Runtime session (see the module docstring).
+    """One exported aaren-rl graph in an ONNX Runtime ``InferenceSession`` (see the module docstring).
 
     Args:
         path: the ``.onnx`` file written by ``aaren-rl export``.
