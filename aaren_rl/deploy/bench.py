@@ -39,7 +39,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from aaren_rl.bench_agent import _cpu_name, _git_commit, _version
 from aaren_rl.files import save_figure_atomic, write_json_atomic, write_text_atomic
 
 OBS_DIM, ACT_DIM = 11, 3
@@ -290,6 +289,41 @@ def measure_state(model: Any, f32: Path, long_steps: int, log) -> dict[str, Any]
         "shapes": shapes_first,
         "equal_and_constant": all(v == fast_bytes for v in at.values()),
     }
+
+
+def _cpu_name() -> str:
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(name: str) -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def stamp(args: argparse.Namespace) -> dict[str, Any]:
