@@ -196,7 +196,11 @@ def _plot(results: dict, path: Path, stamp: dict) -> None:
     ax.set_xlabel("events so far in the stream")
     ax.set_ylabel("ms per event")
     ax.set_ylim(bottom=0)
-    ax.set_title(f"events head streaming, {stamp['threads']} thread(s), torch {stamp['torch']}")
+    ax.set_title(
+        f"events head on the Aaren and Transformer (KV cache) backbones, streaming a synthetic "
+        f"stream: {stamp['threads']} thread(s), torch {stamp['torch']}",
+        fontsize=9,
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure_atomic(fig, path)

@@ -287,6 +287,7 @@ def forecast_outputs(model: Any, data: Any, out: Path, device: torch.device) -> 
 
     from aaren_rl.heads.forecast import forecast_windows
     from aaren_rl.nn.backbone import state_nbytes
+    from aaren_rl.plots import backbone_label
 
     windows = data.windows("test")
     pred, target = forecast_windows(model, windows, device)
@@ -315,7 +316,10 @@ def forecast_outputs(model: Any, data: Any, out: Path, device: torch.device) -> 
     ax.plot(range(li), last["x"][0, :, channel], color="0.4", label="input")
     ax.plot(range(li, li + h), target[-1, :, channel], color="k", label="truth")
     ax.plot(range(li, li + h), pred[-1, :, channel], color="tab:red", label="forecast")
-    ax.set_title(f"{data.table.path.name} {data.table.columns[channel]}: last test window")
+    ax.set_title(
+        f"{backbone_label(model)} backbone, forecast head: {data.table.path.name} "
+        f"{data.table.columns[channel]}, last test window"
+    )
     ax.set_xlabel("step")
     ax.set_ylabel("standardised value")
     ax.legend()
@@ -356,6 +360,7 @@ def classify_outputs(model: Any, data: Any, out: Path, device: torch.device) -> 
 
     from aaren_rl.heads.classify import predict_classes
     from aaren_rl.nn.backbone import state_nbytes
+    from aaren_rl.plots import backbone_label
 
     pred = predict_classes(model, data, "test", device)
     truth = data.targets("test")
@@ -379,7 +384,11 @@ def classify_outputs(model: Any, data: Any, out: Path, device: torch.device) -> 
     ax.set_yticks(range(k), data.classes, fontsize=7)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"test accuracy {np.mean(pred == truth):.3f}")
+    ax.set_title(
+        f"{backbone_label(model)} backbone, classify head: {Path(data.test.path).name}\n"
+        f"test accuracy {np.mean(pred == truth):.3f}",
+        fontsize=9,
+    )
     fig.tight_layout()
     save_figure_atomic(fig, out / "predictions.png")
     plt.close(fig)

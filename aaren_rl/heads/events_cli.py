@@ -145,6 +145,8 @@ def plot_intensity(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from aaren_rl.plots import backbone_label
+
     seqs = data.splits["test"]
     times, marks, start = seqs.times[row], seqs.marks[row], float(seqs.start[row])
     span = span or min(float(seqs.end[row] - start), 30.0 * float(np.mean(np.diff(times))))
@@ -167,7 +169,7 @@ def plot_intensity(
     ax.plot(shown, np.zeros_like(shown), "|", color="0.3", ms=10, label="events")
     ax.set_xlabel("time")
     ax.set_ylabel("total intensity")
-    ax.set_title(f"{data.name}: test sequence {row}")
+    ax.set_title(f"{backbone_label(model)} backbone, events head: {data.name}, test sequence {row}")
     ax.legend(loc="upper right", fontsize=8)
     # the next-gap density after event j, where the true density is known in closed form
     ax = axes[1]
@@ -186,6 +188,7 @@ def plot_intensity(
         ax.plot(gaps, lam * survival, color="k", label="true p(tau)")
     ax.set_xlabel(f"gap after event {j}")
     ax.set_ylabel("density")
+    ax.set_title(f"next-gap density after event {j}")
     ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure_atomic(fig, path)
