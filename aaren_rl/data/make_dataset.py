@@ -57,7 +57,7 @@ from aaren_rl.data.behaviour import (
     uniform_policy,
 )
 from aaren_rl.data.d4rl_writer import episode_bounds, write_d4rl
-from aaren_rl.data.paths import data_dir
+from aaren_rl.data.paths import SHIPPED_POLICY_DIR, data_dir
 from aaren_rl.data.sac_actor import find_policy, load_behaviour_policy
 from aaren_rl.files import write_text_atomic
 
@@ -79,7 +79,7 @@ TASKS: dict[str, TaskInfo] = {
     "ant": TaskInfo("Ant-v5", -325.6, 3879.7),
 }
 LEVELS = ("random", "medium", "medium-replay", "expert", "medium-expert")
-SHIPPED_POLICIES = Path(__file__).resolve().parent.parent / "assets" / "policies"
+SHIPPED_POLICIES = SHIPPED_POLICY_DIR
 GENERATOR = "aaren-rl make-dataset"
 
 
