@@ -294,7 +294,7 @@ def report(results: list[dict[str, Any]], md_path: Path, png_path: Path) -> str:
                     x, y = zip(*r["curve"], strict=True)
                     ax.plot(x, y, color=f"C{AGENTS.index(agent)}", alpha=0.8,
                             label=agent if i == 0 else None)  # fmt: skip
-        ax.set_title(task)
+        ax.set_title(f"{task}: AarenPPO (Aaren memory) vs baselines", fontsize=9)
         ax.set_xlabel("timesteps")
         ax.set_ylabel("training episode return (last 100)")
         ax.legend(fontsize=7)

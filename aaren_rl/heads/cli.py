@@ -287,6 +287,7 @@ def forecast_outputs(model: Any, data: Any, out: Path, device: torch.device) -> 
 
     from aaren_rl.heads.forecast import forecast_windows
     from aaren_rl.nn.backbone import state_nbytes
+    from aaren_rl.plots import backbone_label
 
     windows = data.windows("test")
     pred, target = forecast_windows(model, windows, device)
@@ -315,8 +316,6 @@ def forecast_outputs(model: Any, data: Any, out: Path, device: torch.device) -> 
     ax.plot(range(li), last["x"][0, :, channel], color="0.4", label="input")
     ax.plot(range(li, li + h), target[-1, :, channel], color="k", label="truth")
     ax.plot(range(li, li + h), pred[-1, :, channel], color="tab:red", label="forecast")
-    from aaren_rl.heads.events_cli import backbone_label
-
     ax.set_title(
         f"{backbone_label(model)} forecast head on {data.table.path.name}, channel "
         f"{data.table.columns[channel]}: last test window (input {li}, horizon {h})"
@@ -361,6 +360,7 @@ def classify_outputs(model: Any, data: Any, out: Path, device: torch.device) -> 
 
     from aaren_rl.heads.classify import predict_classes
     from aaren_rl.nn.backbone import state_nbytes
+    from aaren_rl.plots import backbone_label
 
     pred = predict_classes(model, data, "test", device)
     truth = data.targets("test")
@@ -384,8 +384,6 @@ def classify_outputs(model: Any, data: Any, out: Path, device: torch.device) -> 
     ax.set_yticks(range(k), data.classes, fontsize=7)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    from aaren_rl.heads.events_cli import backbone_label
-
     test_file = getattr(data.test, "path", None)
     name = Path(test_file).name if test_file else "test set"
     ax.set_title(
