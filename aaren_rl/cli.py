@@ -55,6 +55,29 @@ def apply_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+def interrupted_exit(command: str, exc: BaseException) -> int:
+    """The one line a sub-command prints when SIGINT/SIGTERM stopped its training, and the
+    exit code (128 + the signal, as a shell reports a process killed by it).
+
+    ``TrainingInterrupted`` (a checkpoint of the finished step was written) says to resume;
+    ``TrainingAborted`` (a second signal during a step) says which checkpoint was kept.
+    """
+    import signal
+
+    from aaren_rl.training.loop import TrainingAborted
+
+    signum = int(getattr(exc, "signum", signal.SIGINT))
+    name = signal.Signals(signum).name
+    if isinstance(exc, TrainingAborted):
+        detail = f"{exc}"
+    else:
+        step = getattr(exc, "step", None)
+        at = f" at step {step}" if step is not None else ""
+        detail = f"{name}{at}: checkpoint written; run the same command with --resume to continue"
+    print(f"aaren-rl {command}: interrupted: {detail}", file=sys.stderr)
+    return 128 + signum
+
+
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aaren-rl", description=__doc__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from aaren_rl.agents.trainer import (
     seed_everything,
     setup_distributed,
 )
-from aaren_rl.cli import add_threads_argument, apply_threads
+from aaren_rl.cli import add_threads_argument, apply_threads, interrupted_exit
 from aaren_rl.config_values import show
 from aaren_rl.files import write_text_atomic
 from aaren_rl.training.loop import NonFiniteLossError
@@ -350,14 +349,8 @@ def run(args: argparse.Namespace) -> int:
     except NonFiniteLossError as exc:
         print(f"aaren-rl train: stopped: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt as exc:  # TrainingInterrupted: SIGINT or SIGTERM, checkpoint written
-        signum = getattr(exc, "signum", signal.SIGINT)
-        print(
-            f"aaren-rl train: interrupted ({signal.Signals(signum).name}); run the same command "
-            "with --resume to continue",
-            file=sys.stderr,
-        )
-        return 128 + int(signum)
+    except KeyboardInterrupt as exc:  # SIGINT or SIGTERM: see aaren_rl.cli.interrupted_exit
+        return interrupted_exit("train", exc)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"trained steps {result.start_step}..{result.end_step} -> {result.out_dir}")
         for rec in result.evaluations:

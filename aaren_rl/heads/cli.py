@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from aaren_rl.cli import _threads, add_threads_argument, apply_threads
+from aaren_rl.cli import _threads, add_threads_argument, apply_threads, interrupted_exit
 from aaren_rl.files import save_figure_atomic, write_json_atomic, write_text_atomic
 from aaren_rl.heads.fit import BackboneConfig, HeadTrainer
 from aaren_rl.nn.build import BACKBONES
@@ -102,8 +102,10 @@ def run(args: argparse.Namespace) -> int:
         data = _load_data(args)
         rows = [fit_one(args, data, name, ctx) for name in names]
     except (DatasetError, ValueError, FileExistsError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"aaren-rl fit: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # SIGINT/SIGTERM: see aaren_rl.cli.interrupted_exit
+        return interrupted_exit("fit", exc)
     finally:
         if ctx.initialized_here and dist.is_initialized():
             dist.destroy_process_group()
