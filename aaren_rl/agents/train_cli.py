@@ -49,7 +49,7 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> N
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     """``["train.steps=100", "model.d_model=64"]`` -> ``{"train.steps": 100, ...}`` (YAML values)."""
-    from aaren_rl.presets import _yaml_problem
+    from aaren_rl.presets import _yaml_problem, load_yaml
 
     out: dict[str, Any] = {}
     for item in items or []:
@@ -57,7 +57,7 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. train.batch_size=32")
         key, raw = item.split("=", 1)
         try:
-            out[key.strip()] = yaml.safe_load(raw)
+            out[key.strip()] = load_yaml(raw)
         except yaml.YAMLError as exc:
             raise ValueError(
                 f"--set {item!r}: the value is not valid YAML ({_yaml_problem(exc)})"

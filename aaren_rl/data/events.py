@@ -138,6 +138,22 @@ def _records(path: Path) -> list[Any]:
     return data
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _end_time(value: Any, bad: Any) -> float:
+    """A sequence's ``end_time``: a finite number within float32's range, else ``bad(...)``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        raise bad(f"end_time is {str(value)[:40]!r}, not a number", "a finite end_time")
+    end = float(value)
+    if not np.isfinite(end) or abs(end) > FLOAT32_MAX:
+        raise bad(
+            f"end_time is {end}, not a finite number within float32's range",
+            "a finite end_time (the end of the observation window), or none (the last event)",
+        )
+    return end
+
+
 def load_event_json(path: str | os.PathLike[str], n_marks: int | None = None) -> EventSequences:
     """Read an EasyTPP-layout event file (see the module docstring), checking every sequence.
 
@@ -180,6 +196,8 @@ def load_event_json(path: str | os.PathLike[str], n_marks: int | None = None) ->
             raise bad("has no events", "drop empty sequences")
         if not (np.all(np.isfinite(t)) and np.all(np.isfinite(gap))):
             raise bad("non-finite time or gap", "finite numbers")
+        if np.abs(t).max() > FLOAT32_MAX or np.abs(gap).max() > FLOAT32_MAX:
+            raise bad("a time or gap overflows float32 (the type they are trained in)", "rescale")
         if t[0] < 0:
             raise bad(f"first time {t[0]} < 0", "times since the start are >= 0")
         steps = np.diff(t)
@@ -212,7 +230,7 @@ def load_event_json(path: str | os.PathLike[str], n_marks: int | None = None) ->
                 + (f" (marks are 0 .. {bound - 1})" if bound is not None else ""),
                 "marks are integers 0 .. n_marks - 1 (dim_process)",
             )
-        end = float(rec.get("end_time", t[-1]))
+        end = _end_time(rec.get("end_time", t[-1]), bad)
         if end < t[-1]:
             raise bad(f"end_time {end} before the last event {t[-1]}", "end_time >= last time")
         if dim is not None:

@@ -41,6 +41,16 @@ class SeriesTable:
     columns: list[str]
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+TIME_COLUMN_WORDS = ("date", "time", "stamp", "ds", "index", "step")
+
+
+def _time_column_name(name: str) -> bool:
+    """A header that names a time axis (``date``, ``timestamp``, ``ds``, ``time_idx``...)."""
+    lowered = name.lower()
+    return lowered in ("t", "ds") or any(w in lowered for w in TIME_COLUMN_WORDS if len(w) > 2)
+
+
 def _looks_numeric(text: str) -> bool:
     try:
         float(text)
@@ -78,6 +88,17 @@ def load_series_csv(path: str | os.PathLike[str], columns: list[str] | None = No
                 "add a header row such as date,HUFL,OT",
             )
         channel_names = header[1:]
+        repeated = sorted({c for c in header if header.count(c) > 1})
+        if repeated:
+            where = [i + 1 for i, c in enumerate(header) if c == repeated[0]]
+            raise DatasetError.about(
+                path,
+                repeated[0],
+                f"line 1: the header names column {repeated[0]!r} {len(where)} times (columns "
+                f"{where})",
+                "one column per name",
+                "rename or remove the repeated column",
+            )
         if columns is not None:
             missing = [c for c in columns if c not in channel_names]
             if missing:
@@ -94,6 +115,7 @@ def load_series_csv(path: str | os.PathLike[str], columns: list[str] | None = No
         dates: list[str] = []
         rows: list[list[float]] = []
         width = len(header)
+        time_named = _time_column_name(header[0])
         for line_no, row in enumerate(reader, start=2):
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue  # blank line
@@ -135,7 +157,27 @@ def load_series_csv(path: str | os.PathLike[str], columns: list[str] | None = No
                         "a finite number",
                         "fill or interpolate the missing value",
                     )
+                if abs(value) > FLOAT32_MAX:
+                    raise DatasetError.about(
+                        path,
+                        name,
+                        f"line {line_no}: {text[:40]!r} overflows float32 (largest "
+                        f"{FLOAT32_MAX:.4g}), the type series are trained in",
+                        "values within float32's range",
+                        "rescale the column (or fix the value)",
+                    )
                 numbers.append(value)
+            if not dates and not time_named and _looks_numeric(row[0].strip()):
+                raise DatasetError.about(
+                    path,
+                    header[0],
+                    f"line {line_no}: the first column {header[0]!r} holds a number "
+                    f"({row[0].strip()[:20]!r}), not a timestamp: the file seems to have no "
+                    "date column, and its first channel would be read as the time",
+                    "a first column of timestamps (e.g. 2016-07-01 00:00:00), then the channels",
+                    "add a date column first; a numeric time column must be named date, time, "
+                    "timestamp, step or index",
+                )
             dates.append(row[0].strip())
             rows.append(numbers)
     if len(rows) < 2:
