@@ -32,6 +32,22 @@ def _threads(value: str) -> int:
     return n
 
 
+MAX_SEED = 2**32 - 1
+
+
+def seed_value(text: str) -> int:
+    """``--seed``: an integer in ``0 .. 2**32 - 1`` (``1e3`` style integral numbers too)."""
+    try:
+        value = float(text) if any(c in text for c in ".eE") else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")) or value != int(value):
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+    if not 0 <= int(value) <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{text} is outside 0 .. {MAX_SEED} (2**32 - 1)")
+    return int(value)
+
+
 def add_threads_argument(parser: argparse.ArgumentParser, default: int = 0) -> None:
     """``--threads N``: torch's intra-op CPU threads for a sub-command (0: torch's own choice).
 
@@ -93,7 +109,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
     module = importlib.import_module(COMMANDS[args.command][0])
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except OSError as exc:  # the machine: a full disk, a read-only folder, a vanished file
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(
+            f"aaren-rl {args.command}: error: {where}{exc.strerror or exc} "
+            f"({type(exc).__name__}). Fix: check the path, its permissions and the free disk "
+            "space",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

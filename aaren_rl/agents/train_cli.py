@@ -30,9 +30,10 @@ from aaren_rl.agents.trainer import (
     seed_everything,
     setup_distributed,
 )
-from aaren_rl.cli import add_threads_argument, apply_threads, interrupted_exit
+from aaren_rl.cli import add_threads_argument, apply_threads, interrupted_exit, seed_value
 from aaren_rl.config_values import show
 from aaren_rl.files import write_text_atomic
+from aaren_rl.nn.size import check_model_fits
 from aaren_rl.training.loop import NonFiniteLossError
 
 AGENT_KEYS = ("name", "description", "model", "train", "protocols")
@@ -223,10 +224,9 @@ def run_training(
         dataset = spec.load_dataset()
     preset = with_action_space(preset, spec)
     seed_everything(train_cfg.seed)  # identical initial weights on every rank
-    if init_from is not None:
-        model = init_model_from(init_from, preset, dataset)
-    else:
-        model = build_decision_model(
+
+    def build() -> torch.nn.Module:
+        return build_decision_model(
             preset["model"],
             dataset.obs_dim,
             dataset.act_dim,
@@ -235,6 +235,16 @@ def run_training(
             reward_scale=spec.reward_scale,
             return_max=float(dataset.rtg.max()),
         )
+
+    sizes = {k: preset["model"].get(k) for k in ("d_model", "n_layers", "d_ff", "max_timestep")}
+    check_model_fits(  # counted on the meta device: the statistics do not change the size
+        lambda: build_decision_model(preset["model"], dataset.obs_dim, dataset.act_dim),
+        ctx.device,
+        ", ".join(f"model.{k}={v}" for k, v in sizes.items() if v is not None)
+        + f" ({preset['source']}{' with the --set overrides' if overrides else ''})",
+        "lower model.d_model (or n_layers, d_ff) in the preset or with --set",
+    )
+    model = init_model_from(init_from, preset, dataset) if init_from is not None else build()
     trainer = Trainer(
         model,
         dataset,
@@ -301,7 +311,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--agent", default="decision-aaren", help="agent preset name or .yaml path")
     parser.add_argument("--task", required=True, help="task preset name (envs/*.yaml) or path")
     parser.add_argument("--steps", type=int, default=None, help="total optimiser steps")
-    parser.add_argument("--seed", type=int, default=None, help="seed (default: the preset's)")
+    parser.add_argument(
+        "--seed", type=seed_value, default=None, help="seed (default: the preset's)"
+    )
     parser.add_argument("--out", default=None, help="output folder (runs/AGENT/TASK/seedS)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     parser.add_argument(

@@ -54,6 +54,7 @@ import torch.distributed as dist
 from torch import nn
 
 from aaren_rl.training.checkpoint import (
+    check_output_folder,
     load_checkpoint,
     new_run_id,
     unwrap_model,
@@ -235,6 +236,7 @@ class TrainingLoop:
             self._load(ckpt)
             self.saved_step = self.step
         if self.out_dir is not None and self.ctx.is_main:
+            check_output_folder(self.out_dir)  # a read-only --out stops here, not at step 1000
             self._remove_stale_temp_files()
 
         self.ddp: nn.Module = self.model
