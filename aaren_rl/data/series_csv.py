@@ -20,10 +20,11 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from aaren_rl.data.errors import DatasetError
+from aaren_rl.data.errors import DatasetError, reading
 from aaren_rl.data.seeded_sampler import SeededSampler
 
 SPLITS = ("auto", "ett-hour", "ett-minute", "ratio")
@@ -70,7 +71,12 @@ def load_series_csv(path: str | os.PathLike[str], columns: list[str] | None = No
     path = Path(path)
     if not path.is_file():
         raise DatasetError.about(path, None, "no such file", fix="pass the path of a CSV file")
-    with open(path, newline="") as handle:
+    with reading(path, "a CSV: a header date,channel1,..., then one row per time step"):
+        return _read_series_csv(path, columns)
+
+
+def _read_series_csv(path: Path, columns: list[str] | None) -> SeriesTable:
+    with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle)
         try:
             header = next(reader)
@@ -189,17 +195,24 @@ def load_series_csv(path: str | os.PathLike[str], columns: list[str] | None = No
 
 
 def split_kind(path: str | os.PathLike[str], split: str = "auto") -> str:
-    """``auto`` -> ``ett-hour`` for ETTh* files, ``ett-minute`` for ETTm*, else ``ratio``."""
+    """``auto`` -> ``ett-hour`` for ETTh* files, ``ett-minute`` for ETTm*, else ``ratio``
+    (the file name's case is ignored: ``etth2.csv`` is an ETT hourly file)."""
+    return split_choice(path, split)[0]
+
+
+def split_choice(path: str | os.PathLike[str], split: str = "auto") -> tuple[str, str]:
+    """The split kind and how it was chosen (a sentence for ``results.json``)."""
     if split not in SPLITS:
-        raise ValueError(f"split={split!r}: expected one of {SPLITS}")
+        raise ValueError(f"--split {split!r}: expected one of {SPLITS}")
     if split != "auto":
-        return split
-    stem = Path(path).name
-    if stem.startswith("ETTh"):
-        return "ett-hour"
-    if stem.startswith("ETTm"):
-        return "ett-minute"
-    return "ratio"
+        return split, f"--split {split}"
+    name = Path(path).name
+    lowered = name.lower()
+    if lowered.startswith("etth"):
+        return "ett-hour", f"--split auto: the file name {name!r} starts with ETTh (any case)"
+    if lowered.startswith("ettm"):
+        return "ett-minute", f"--split auto: the file name {name!r} starts with ETTm (any case)"
+    return "ratio", f"--split auto: the file name {name!r} is not an ETT one (ETTh*, ETTm*)"
 
 
 def split_borders(n_rows: int, input_len: int, kind: str) -> dict[str, tuple[int, int]]:
@@ -281,6 +294,7 @@ class ForecastData:
     std: np.ndarray
     input_len: int
     horizon: int
+    split_how: str = ""
 
     @classmethod
     def from_csv(
@@ -294,7 +308,7 @@ class ForecastData:
         """Load, split and standardise; a split too short for one window is an error naming
         the file and the line where that split ends."""
         table = load_series_csv(path, columns)
-        kind = split_kind(path, split)
+        kind, how = split_choice(path, split)
         borders = split_borders(len(table.values), input_len, kind)
         need = input_len + horizon
         for name, (start, end) in borders.items():
@@ -324,7 +338,17 @@ class ForecastData:
             std.astype(np.float32),
             int(input_len),
             int(horizon),
+            how,
         )
+
+    def split_record(self) -> dict[str, Any]:
+        """The split for ``results.json``: kind, how it was chosen, each split's data rows
+        (0-based ``[start, end)``, val and test starting ``input_len`` early)."""
+        return {
+            "kind": self.kind,
+            "chosen": self.split_how,
+            "borders": {name: list(b) for name, b in self.borders.items()},
+        }
 
     def windows(self, name: str) -> ForecastWindows:
         return ForecastWindows(self.splits[name], self.input_len, self.horizon)

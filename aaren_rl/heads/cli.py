@@ -346,6 +346,7 @@ def forecast_outputs(model: Any, data: Any, out: Path, device: torch.device) -> 
         "stream_state_bytes": state_nbytes(stream.state),
         "stream_vs_parallel_max_abs_diff": stream_diff,
         "test_windows": len(windows),
+        "split": data.split_record(),
     }
 
 
