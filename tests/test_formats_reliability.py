@@ -92,6 +92,12 @@ def test_a_pickle_holding_an_object_is_refused_and_never_runs(tmp_path):
     assert "could not be read (" in message and "check that the file is complete" in message
 
 
+def test_a_pickle_whose_length_field_is_corrupt_is_one_line(tmp_path):
+    path = tmp_path / "train.pkl"  # BINBYTES8 of 2**62 bytes: pickle allocates before reading
+    path.write_bytes(b"\x80\x04\x8e" + (2**62).to_bytes(8, "little") + b"abc")
+    assert "could not be read" in _one_line(load_event_json, path)
+
+
 def test_fit_events_trains_on_easytpp_pickles(tmp_path):
     from aaren_rl.cli import main
 

@@ -191,6 +191,15 @@ def _pickle_records(path: Path) -> list[Any]:
     with open(path, "rb") as handle:
         try:
             data = _PlainDataUnpickler(handle, encoding="latin1").load()
+        except MemoryError:  # a corrupt length field: pickle allocates before it reads
+            raise DatasetError.about(
+                path,
+                None,
+                "could not be read: a length inside the pickle asks for more memory than "
+                "there is (the file is corrupt)",
+                "EasyTPP's pickle layout",
+                "use an intact copy of the file",
+            ) from None
         except _RefusedObject as exc:  # other errors: a truncated or corrupt file (reading())
             raise DatasetError.about(
                 path,
