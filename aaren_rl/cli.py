@@ -72,24 +72,35 @@ def apply_threads(threads: int) -> None:
 
 
 def interrupted_exit(command: str, exc: BaseException) -> int:
-    """The one line a sub-command prints when SIGINT/SIGTERM stopped its training, and the
-    exit code (128 + the signal, as a shell reports a process killed by it).
+    """The one line a sub-command prints when SIGINT/SIGTERM stopped it, and the exit code
+    (128 + the signal, as a shell reports a process killed by it). Further signals are ignored
+    from here on: the process is exiting, and a second Ctrl-C must not turn that into a
+    traceback.
 
     ``TrainingInterrupted`` (a checkpoint of the finished step was written) says to resume;
-    ``TrainingAborted`` (a second signal during a step) says which checkpoint was kept.
+    ``TrainingAborted`` (a second signal during a step) says which checkpoint was kept; any
+    other KeyboardInterrupt came outside a training step and saved nothing new.
     """
     import signal
 
-    from aaren_rl.training.loop import TrainingAborted
+    from aaren_rl.training.loop import TrainingAborted, TrainingInterrupted
 
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     signum = int(getattr(exc, "signum", signal.SIGINT))
     name = signal.Signals(signum).name
     if isinstance(exc, TrainingAborted):
         detail = f"{exc}"
+    elif isinstance(exc, TrainingInterrupted):
+        detail = (
+            f"{name} at step {exc.step}: checkpoint written; run the same command with "
+            "--resume to continue"
+        )
     else:
-        step = getattr(exc, "step", None)
-        at = f" at step {step}" if step is not None else ""
-        detail = f"{name}{at}: checkpoint written; run the same command with --resume to continue"
+        detail = (
+            f"{name} outside a training step: nothing new was saved; run the command again "
+            "(with --resume if its output folder holds a checkpoint)"
+        )
     print(f"aaren-rl {command}: interrupted: {detail}", file=sys.stderr)
     return 128 + signum
 
@@ -111,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         return int(module.run(args) or 0)
+    except KeyboardInterrupt as exc:  # one that came while a sub-command was handling another
+        return interrupted_exit(args.command, exc)
     except OSError as exc:  # the machine: a full disk, a read-only folder, a vanished file
         where = f"{exc.filename}: " if exc.filename else ""
         print(

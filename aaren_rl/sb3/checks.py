@@ -190,7 +190,7 @@ def check_saved_model(path: Any, algorithm: str = "AarenPPO") -> None:
         raise SB3InputError(
             name,
             "not a complete SB3 save: no 'data' entry (the zip is truncated or corrupt, or was "
-            f"not written by save; it lists {names[:3]})",
+            "not written by save)",
             fix_zip,
         )
     try:

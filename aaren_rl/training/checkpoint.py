@@ -142,7 +142,7 @@ def _write_error(path: Path, exc: BaseException, payload: Any) -> CheckpointErro
     )
     if full:
         room = (
-            f" ({free / 1e6:.1f} MB free, about {needed / 1e6:.1f} MB needed)"
+            f" ({free / 1e6:.1f} MB free now, about {needed / 1e6:.1f} MB needed)"
             if free is not None
             else ""
         )

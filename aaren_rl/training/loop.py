@@ -26,7 +26,12 @@ Nothing stops a run silently or half-way:
   kept, not overwritten;
 - SIGINT (Ctrl-C) and SIGTERM finish the current step, write a final checkpoint and raise
   :class:`TrainingInterrupted`; under torchrun every process stops at the same step (the
-  processes agree on it each step), so the checkpoint is written under DDP too;
+  processes agree on it each step), so the checkpoint is written under DDP too. A second
+  signal inside a step stops at once (:class:`TrainingAborted`) and writes nothing: that
+  step's state is half-updated, and the last checkpoint stays;
+- a resumed run logs what an uninterrupted one would: TensorBoard purges only the steps after
+  the checkpoint, the losses not yet logged travel in the checkpoint, and a run refuses to
+  resume on data other than its own (:meth:`data_identity`);
 - a SIGKILL at any point leaves the previous checkpoint intact (files are written to a temp
   name and renamed); the temp file of a killed write is removed when the run resumes.
 """
