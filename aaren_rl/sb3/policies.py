@@ -76,6 +76,7 @@ from torch.distributions import Categorical
 
 from aaren_rl.nn.aaren import AarenBackbone, AarenBackboneState
 from aaren_rl.nn.aaren_attention import AarenState
+from aaren_rl.sb3.checks import check_episode_start, check_predict_observation, check_predict_state
 from aaren_rl.sb3.short_conv import ShortConv
 
 CRITICS = ("separate", "shared", "joint", "none")
@@ -561,6 +562,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         ``episode_start [n_envs]`` restarts those envs before their observation is used."""
         self.set_training_mode(False)
         obs_tensor, vectorized = self.obs_to_tensor(observation)
+        check_predict_observation(obs_tensor)
         n = _batch_size(obs_tensor)
         if state is None:
             memory = self.actor_memory.backbone.initial_state(n)
@@ -568,22 +570,14 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             t = torch.zeros(n, dtype=torch.long, device=self.device)
             episode_start = np.ones(n, dtype=bool)
         else:
-            expected = 3 * self.n_layers + (1 if self.short_conv else 0) + 1
-            if not isinstance(state, tuple) or len(state) != expected:
-                raise ValueError(
-                    f"state must be the tuple of {expected} arrays that predict returned "
-                    "(or None for a fresh start)"
-                )
-            if np.shape(state[0])[0] != n:
-                raise ValueError(
-                    f"state holds {np.shape(state[0])[0]} envs but the observation holds {n}; "
-                    "pass state=None to start afresh"
-                )
+            check_predict_state(state, self._predict_state_shapes(n), n)
             arrays = [torch.as_tensor(np.asarray(a), device=self.device) for a in state]
             memory = tuple(AarenState(*arrays[3 * i : 3 * i + 3]) for i in range(self.n_layers))
             history = arrays[-2] if self.short_conv else None
             t = arrays[-1].long()
-        starts = np.zeros(n, bool) if episode_start is None else np.asarray(episode_start, bool)
+        starts = (
+            np.zeros(n, bool) if episode_start is None else check_episode_start(episode_start, n)
+        )
         with torch.no_grad():
             features = self._features(obs_tensor)[0]
             starts_t = torch.as_tensor(starts.reshape(-1), device=self.device)
@@ -607,6 +601,15 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             arrays_out.append(history.cpu().numpy())
         new_state = (*arrays_out, (t + 1).cpu().numpy())
         return actions, new_state
+
+    def _predict_state_shapes(self, n_envs: int) -> list[tuple[int, ...]]:
+        """The shapes of the arrays in :meth:`predict`'s state for ``n_envs`` envs."""
+        memory = self.actor_memory.backbone.initial_state(n_envs)
+        shapes = [tuple(x.shape) for s in memory for x in s]
+        history = self.actor_memory.initial_history(n_envs)
+        if history is not None:
+            shapes.append(tuple(history.shape))
+        return [*shapes, (n_envs,)]
 
 
 def _batch_size(obs: PyTorchObs) -> int:

@@ -37,6 +37,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import Tensor
 
 from aaren_rl.sb3.buffers import AarenDictRolloutBuffer, AarenRolloutBuffer
+from aaren_rl.sb3.checks import check_rollout_step, check_saved_model
 from aaren_rl.sb3.fast_collect import FastCollectionStep
 from aaren_rl.sb3.policies import (
     AarenActorCriticPolicy,
@@ -181,6 +182,16 @@ class AarenPPO(OnPolicyAlgorithm):
         if changed or self._last_aaren_state is None:
             self._setup_rollout()
 
+    @classmethod
+    def load(  # type: ignore[override]
+        cls: type[SelfAarenPPO], path: Any, *args: Any, **kwargs: Any
+    ) -> SelfAarenPPO:
+        """SB3's ``load``, after checking the file (:func:`~aaren_rl.sb3.checks.check_saved_model`):
+        a truncated zip or another algorithm's save is an :class:`SB3InputError` naming the
+        file and the fix."""
+        check_saved_model(path, cls.__name__)
+        return super().load(path, *args, **kwargs)
+
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_last_aaren_state"]
 
@@ -222,6 +233,7 @@ class AarenPPO(OnPolicyAlgorithm):
                 else:
                     clipped = np.clip(actions, self.action_space.low, self.action_space.high)
             new_obs, rewards, dones, infos = env.step(clipped)
+            check_rollout_step(new_obs, rewards, n_steps, self.num_timesteps + env.num_envs)
             self.num_timesteps += env.num_envs
             callback.update_locals(locals())
             if not callback.on_step():
