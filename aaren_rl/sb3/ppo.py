@@ -38,9 +38,11 @@ from torch import Tensor
 
 from aaren_rl.sb3.buffers import AarenDictRolloutBuffer, AarenRolloutBuffer
 from aaren_rl.sb3.fast_collect import FastCollectionStep
+from aaren_rl.sb3.names import unknown_policy_message
 from aaren_rl.sb3.policies import (
     AarenActorCriticPolicy,
     AarenPPOState,
+    CnnAarenPolicy,
     MlpAarenPolicy,
     MultiInputAarenPolicy,
 )
@@ -58,6 +60,7 @@ class AarenPPO(OnPolicyAlgorithm):
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
         "MlpAarenPolicy": MlpAarenPolicy,
+        "CnnAarenPolicy": CnnAarenPolicy,
         "MultiInputAarenPolicy": MultiInputAarenPolicy,
     }
 
@@ -131,6 +134,25 @@ class AarenPPO(OnPolicyAlgorithm):
             self._setup_model()
 
     # ------------------------------------------------------------------ set-up
+    def _get_policy_from_name(self, policy_name: str) -> type[BasePolicy]:
+        """SB3's alias lookup; an unknown name gets the known ones (and a RecurrentPPO name
+        its AarenPPO equivalent)."""
+        if policy_name in self.policy_aliases:
+            return self.policy_aliases[policy_name]
+        raise ValueError(
+            unknown_policy_message(policy_name, self.policy_aliases, type(self).__name__)
+        )
+
+    def _mask_dims(self) -> int:
+        """Numbers per env in a step's action mask that the rollout buffer keeps (0: none;
+        MaskableAarenPPO keeps them)."""
+        return 0
+
+    def _action_masks(self, env: VecEnv) -> np.ndarray | None:
+        """The allowed actions of every env at the current step, or None (every action
+        allowed): AarenPPO takes none, MaskableAarenPPO asks the env."""
+        return None
+
     def _setup_model(self) -> None:
         self._setup_lr_schedule()
         self.set_random_seed(self.seed)
@@ -167,6 +189,7 @@ class AarenPPO(OnPolicyAlgorithm):
             gamma=self.gamma,
             gae_lambda=self.gae_lambda,
             n_envs=self.n_envs,
+            mask_dims=self._mask_dims(),
         )
         with torch.no_grad():
             self._last_aaren_state = self.policy.initial_state(self.n_envs)
@@ -212,7 +235,10 @@ class AarenPPO(OnPolicyAlgorithm):
             with torch.no_grad():
                 obs_tensor = obs_as_tensor(self._last_obs, self.device)
                 starts = torch.as_tensor(self._last_episode_starts, device=self.device)
-                actions, values, log_probs, new_state = step(obs_tensor, state, starts)
+                action_masks = self._action_masks(env)  # before the step, as MaskablePPO
+                actions, values, log_probs, new_state = step(
+                    obs_tensor, state, starts, action_masks=action_masks
+                )
                 packed = policy.pack(state).cpu().numpy()
             actions = actions.cpu().numpy()
             clipped = actions
@@ -250,6 +276,7 @@ class AarenPPO(OnPolicyAlgorithm):
                 values,
                 log_probs,
                 state=packed,
+                action_masks=action_masks,
             )
             self._last_obs = new_obs
             self._last_episode_starts = dones
@@ -295,6 +322,7 @@ class AarenPPO(OnPolicyAlgorithm):
                     policy.unpack(batch.states),
                     batch.episode_starts,
                     batch.mask,
+                    batch.action_masks,
                 )
                 advantages = batch.advantages
                 if self.normalize_advantage and len(advantages) > 1:
