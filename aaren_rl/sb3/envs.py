@@ -71,6 +71,9 @@ def _make_masked(base_id: str, mask: tuple[float, ...], **kwargs) -> gym.Env:
 def register_memory_envs() -> None:
     """Register the ids above with Gymnasium (idempotent; POPGym's need the ``popgym``
     package, which registers them on import)."""
+    from aaren_rl.sb3.masked_recall import register_masked_recall
+
+    register_masked_recall()  # MaskedRecall-v0: a memory task with illegal moves
     if POSITIONS_ID not in gym.registry:
         gym.register(POSITIONS_ID, entry_point=CartPolePositionsEnv, max_episode_steps=500)
     for env_id, (base_id, mask) in VELOCITY_MASKS.items():
