@@ -24,6 +24,7 @@ def test_wheel_ships_presets_and_assets(tmp_path):
         for preset in (ROOT / kind).glob("*.yaml"):
             assert f"aaren_rl/_presets/{kind}/{preset.name}" in names
     assert "aaren_rl/assets/datasets/hopper-medium-small-v5.hdf5" in names
+    assert "aaren_rl/_presets/hyperparams/aaren_ppo.yml" in names  # rl-zoo3's, for the launcher
 
     # an unpacked wheel, away from the checkout, resolves named presets and builtin data
     site = tmp_path / "site"

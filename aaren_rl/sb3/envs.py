@@ -64,6 +64,25 @@ class CartPolePositionsEnv(CartPoleEnv):
         return self._positions(obs), reward, terminated, truncated, info
 
 
+class OneHot(gym.ObservationWrapper):
+    """A Discrete observation as a one-hot Box ``[n]`` (as the benchmark feeds POPGym's
+    Discrete observations to every agent; rl-zoo3's ``env_wrapper`` for them)."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        if not isinstance(env.observation_space, spaces.Discrete):
+            raise ValueError(
+                f"OneHot needs a Discrete observation space, got {env.observation_space}"
+            )
+        self.n = int(env.observation_space.n)
+        self.observation_space = spaces.Box(0.0, 1.0, (self.n,), np.float32)
+
+    def observation(self, observation: int) -> np.ndarray:
+        out = np.zeros(self.n, dtype=np.float32)
+        out[int(observation)] = 1.0
+        return out
+
+
 def _make_masked(base_id: str, mask: tuple[float, ...], **kwargs) -> gym.Env:
     return MaskVelocity(gym.make(base_id, **kwargs), mask)
 
@@ -72,8 +91,10 @@ def register_memory_envs() -> None:
     """Register the ids above with Gymnasium (idempotent; POPGym's need the ``popgym``
     package, which registers them on import)."""
     from aaren_rl.sb3.masked_recall import register_masked_recall
+    from aaren_rl.sb3.pixel_recall import register_pixel_recall
 
     register_masked_recall()  # MaskedRecall-v0: a memory task with illegal moves
+    register_pixel_recall()  # PixelRecall-v0: a pixel cue to recall
     if POSITIONS_ID not in gym.registry:
         gym.register(POSITIONS_ID, entry_point=CartPolePositionsEnv, max_episode_steps=500)
     for env_id, (base_id, mask) in VELOCITY_MASKS.items():
