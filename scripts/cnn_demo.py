@@ -1,6 +1,6 @@
 """Image observations with memory on PixelRecall-v0 (a measurement, not a test).
 
-AarenPPO with ``CnnAarenPolicy`` (its default memory) beside RecurrentPPO with
+AarenPPO with ``CnnAarenPolicy`` (the benchmark's memory preset) beside RecurrentPPO with
 ``CnnLstmPolicy`` and PPO with ``CnnPolicy`` (no memory: a guess, 1/4), the same PPO
 settings and a NatureCNN of 64 features for each; 36 x 36 channel-last grey images, which SB3
 transposes (``VecTransposeImage``). Records the training curve, the wall-clock fps and 200
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from masking_demo import Curve
+from masking_demo import AAREN_MEMORY, Curve
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
@@ -41,7 +41,8 @@ FEATURES = dict(features_extractor_kwargs=dict(features_dim=64))
 def build(agent: str, seed: int):
     env = make_vec_env(PIXEL_RECALL_ID, n_envs=N_ENVS, seed=seed)
     if agent == "aaren_ppo":
-        return AarenPPO("CnnAarenPolicy", env, seed=seed, policy_kwargs=FEATURES, **SETTINGS)
+        kwargs = dict(**FEATURES, **AAREN_MEMORY)
+        return AarenPPO("CnnAarenPolicy", env, seed=seed, policy_kwargs=kwargs, **SETTINGS)
     if agent == "recurrent_ppo":
         from sb3_contrib import RecurrentPPO
 

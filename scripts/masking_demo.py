@@ -2,9 +2,10 @@
 
 Trains, per seed, MaskableAarenPPO with masks, the same without masks (an illegal move ends
 the episode with -1), and sb3-contrib's MaskablePPO (masks, no memory), all with the same PPO
-settings. Records the training curve (mean return of the episodes finished in each rollout),
-the illegal moves taken in training, the steps until the curve first reaches 0.9, and a final
-evaluation of 200 deterministic episodes (with masks where the agent trained with them).
+settings; AarenPPO's memory is the benchmark's preset. Records the training curve (mean
+return of the episodes finished in each rollout), the illegal moves taken in training, the
+steps until the curve first reaches 0.9, and a final evaluation of 200 deterministic episodes
+(with masks where the agent trained with them).
 Results go to a JSON file after every run (atomically); a rerun skips the runs already there.
 
     .venv/bin/python scripts/masking_demo.py --seeds 0 1 2 --threads 1
@@ -33,6 +34,16 @@ OUT = Path("docs/sb3_masking.json")
 AGENTS = ("aaren_masked", "aaren_unmasked", "maskable_ppo")
 PPO = dict(n_steps=64, batch_size=256, n_epochs=10, learning_rate=3e-4, ent_coef=0.01)
 N_ENVS = 8
+# the benchmark's memory preset (scripts/bench_sb3.py), written out
+AAREN_MEMORY = dict(
+    n_heads=4,
+    decay=True,
+    timestep_embedding=512,
+    skip_features=True,
+    critic="joint",
+    short_conv=4,
+    skip_conv=True,
+)
 
 
 class Curve(BaseCallback):
@@ -61,7 +72,9 @@ def build(agent: str, seed: int):
         from sb3_contrib import MaskablePPO
 
         return MaskablePPO("MlpPolicy", env, seed=seed, **PPO), env
-    return MaskableAarenPPO("MlpAarenPolicy", env, seed=seed, **PPO), env
+    return MaskableAarenPPO(
+        "MlpAarenPolicy", env, seed=seed, policy_kwargs=AAREN_MEMORY, **PPO
+    ), env
 
 
 def run_one(agent: str, seed: int, timesteps: int) -> dict[str, Any]:
@@ -116,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--agents", nargs="*", default=list(AGENTS), choices=AGENTS)
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
-    parser.add_argument("--timesteps", type=int, default=60_000)
+    parser.add_argument("--timesteps", type=int, default=30_000)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--report", action="store_true")
