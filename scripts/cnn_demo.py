@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from masking_demo import AAREN_MEMORY, Curve
+from masking_demo import AAREN_MEMORY, AAREN_PPO, Curve
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
@@ -42,7 +42,9 @@ def build(agent: str, seed: int):
     env = make_vec_env(PIXEL_RECALL_ID, n_envs=N_ENVS, seed=seed)
     if agent == "aaren_ppo":
         kwargs = dict(**FEATURES, **AAREN_MEMORY)
-        return AarenPPO("CnnAarenPolicy", env, seed=seed, policy_kwargs=kwargs, **SETTINGS)
+        return AarenPPO(
+            "CnnAarenPolicy", env, seed=seed, policy_kwargs=kwargs, **SETTINGS, **AAREN_PPO
+        )
     if agent == "recurrent_ppo":
         from sb3_contrib import RecurrentPPO
 

@@ -77,7 +77,9 @@ OLD = dict(
     skip_conv=False,
 )
 
-# name -> (policy keywords, algorithm keywords); fixed before the screen (docs/sb3.md)
+# name -> (policy keywords, algorithm keywords); fixed before the screen (docs/sb3.md). Every
+# candidate sets target_kl, sequence_length and ent_coef itself (ent_coef 0 unless named), so
+# that a rerun gives the same runs whatever the defaults are.
 CANDIDATES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "d-old": (OLD, dict(target_kl=None, sequence_length=None)),
     "d-preset": (PRESET, dict(target_kl=None, sequence_length=None)),
@@ -150,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for name in args.candidates:
         policy_kwargs, algo_kwargs = CANDIDATES[name]
+        algo_kwargs = {"ent_coef": 0.0, **algo_kwargs}  # PPO's, as when the screen ran
         for seed in args.seeds:
             if any(r["candidate"] == name and r["seed"] == seed for r in data["runs"]):
                 continue
