@@ -2,13 +2,23 @@
 
 SB3's ``ActorCriticPolicy`` with a memory between the features extractor and the MLP heads::
 
-    obs -> features extractor (SB3's: Flatten, or Combined for Dict) -> Linear -> AarenBackbone
-        -> LayerNorm -> mlp_extractor (net_arch) -> action_net / value_net
+    obs -> features extractor (SB3's: Flatten, NatureCNN for images, Combined for Dict)
+        -> Linear (or a short causal convolution) -> AarenBackbone -> LayerNorm
+        -> mlp_extractor (net_arch) -> action_net / value_net
+
+The defaults are the memory benchmark's preset (``scripts/bench_sb3.py``, docs/sb3.md): one
+layer of width 64 with 4 heads, learned recency decays, a step embedding, a short
+convolution over the last 4 steps read by the heads beside the memory, the current features
+read by the heads too, one memory for actor and critic (``n_heads=4, decay=True,
+timestep_embedding=512, skip_features=True, critic="joint", short_conv=4, skip_conv=True``).
+A plain Aaren memory, as in the paper, is ``decay=False, timestep_embedding=0,
+skip_features=False, short_conv=0, skip_conv=False``.
 
 Critic options, like RecurrentPPO's: ``critic="separate"`` (the critic has its own Aaren
-memory, the default), ``"shared"`` (the critic reads the actor's memory, detached, so only the
-actor's loss trains it, as RecurrentPPO's ``shared_lstm``), ``"joint"`` (one memory that both
-losses train, as PPO's shared features: half the memory's work) or ``"none"`` (the critic is a plain MLP on the features).
+memory), ``"shared"`` (the critic reads the actor's memory, detached, so only the actor's loss
+trains it, as RecurrentPPO's ``shared_lstm``), ``"joint"`` (one memory that both losses
+train, as PPO's shared features: half the memory's work; the default) or ``"none"`` (the
+critic is a plain MLP on the features).
 
 Two ways to run the memory, one truth (``tests/test_sb3_ppo.py`` holds them together):
 
@@ -267,16 +277,16 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         optimizer_kwargs: dict[str, Any] | None = None,
         d_model: int = 64,
         n_layers: int = 1,
-        n_heads: int = 2,
+        n_heads: int = 4,
         d_ff: int | None = None,
         chunk_size: int = 32,
-        critic: str = "separate",
-        timestep_embedding: int = 0,
-        decay: bool = False,
-        skip_features: bool = False,
+        critic: str = "joint",
+        timestep_embedding: int = 512,
+        decay: bool = True,
+        skip_features: bool = True,
         norm_first: bool = True,
-        short_conv: int = 0,
-        skip_conv: bool = False,
+        short_conv: int = 4,
+        skip_conv: bool = True,
         dropout: float = 0.0,
         **unknown: Any,
     ) -> None:

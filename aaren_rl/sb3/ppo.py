@@ -55,7 +55,12 @@ class AarenPPO(OnPolicyAlgorithm):
 
     Arguments are PPO's (``stable_baselines3.PPO``) plus ``sequence_length``; the memory's
     size and the critic option go in ``policy_kwargs`` (``d_model``, ``n_layers``,
-    ``n_heads``, ``d_ff``, ``critic="separate" | "shared" | "joint" | "none"``).
+    ``n_heads``, ``d_ff``, ``critic="separate" | "shared" | "joint" | "none"``, ...).
+
+    Two defaults differ from PPO's: ``target_kl=0.01`` (an epoch loop stops once a
+    minibatch's approximate KL passes 0.015) and ``ent_coef=0.01``. With them and the
+    policy's default memory, sb3-contrib's RecurrentPPO performance test passes on seeds 0-5
+    (docs/sb3.md, "Defaults"); pass ``target_kl=None, ent_coef=0.0`` for PPO's.
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
@@ -77,12 +82,12 @@ class AarenPPO(OnPolicyAlgorithm):
         clip_range: float | Schedule = 0.2,
         clip_range_vf: float | Schedule | None = None,
         normalize_advantage: bool = True,
-        ent_coef: float = 0.0,
+        ent_coef: float = 0.01,
         vf_coef: float = 0.5,
         max_grad_norm: float = 0.5,
         use_sde: bool = False,
         sde_sample_freq: int = -1,
-        target_kl: float | None = None,
+        target_kl: float | None = 0.01,
         sequence_length: int | None = None,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
