@@ -3,9 +3,9 @@
 Trains, per seed, MaskableAarenPPO with masks, the same without masks (an illegal move ends
 the episode with -1), and sb3-contrib's MaskablePPO (masks, no memory), all with the same PPO
 settings; AarenPPO's memory is the benchmark's preset. Records the training curve (mean
-return of the episodes finished in each rollout), the illegal moves taken in training, the
-steps until the curve first reaches 0.9, and a final evaluation of 200 deterministic episodes
-(with masks where the agent trained with them).
+return of the episodes finished in each rollout), the illegal moves taken in training and a
+final evaluation of 200 deterministic episodes (with masks where the agent trained with them);
+``--report`` adds the steps until the curve first reaches 0.5 and 0.9.
 Results go to a JSON file after every run (atomically); a rerun skips the runs already there.
 
     .venv/bin/python scripts/masking_demo.py --seeds 0 1 2 --threads 1
@@ -110,17 +110,23 @@ def run_one(agent: str, seed: int, timesteps: int) -> dict[str, Any]:
     }
 
 
+def first_reaching(curve: list[tuple[int, float]], level: float) -> int | None:
+    """The steps of the first rollout whose finished episodes average ``level`` or more."""
+    return next((t for t, r in curve if r >= level), None)
+
+
 def report(runs: list[dict[str, Any]]) -> str:
     rows = [
-        "| agent | seed | eval return (200 ep.) | steps to 0.9 | illegal moves (train / eval) "
-        "| s |",
-        "| --- " * 6 + "|",
+        "| agent | seed | eval return (200 ep.) | training curve at the end | steps to 0.5 "
+        "| steps to 0.9 | illegal moves (train / eval) | s |",
+        "| --- " * 8 + "|",
     ]
     for run in sorted(runs, key=lambda r: (AGENTS.index(r["agent"]), r["seed"])):
-        reached = run["steps_to_0.9"]
+        reached = [first_reaching(run["curve"], level) for level in (0.5, 0.9)]
+        steps = ["never" if t is None else f"{t:,}" for t in reached]
         rows.append(
             f"| {run['agent']} | {run['seed']} | {run['eval_return']:.3f} "
-            f"| {'never' if reached is None else f'{reached:,}'} "
+            f"| {run['curve'][-1][1]:.2f} | {steps[0]} | {steps[1]} "
             f"| {run['illegal_moves_training']:,} / {run['illegal_moves_eval']} "
             f"| {run['seconds']:.0f} |"
         )
