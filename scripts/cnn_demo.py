@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from masking_demo import AAREN_MEMORY, AAREN_PPO, Curve
+from masking_demo import AAREN_MEMORY, AAREN_PPO, Curve, first_reaching
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
@@ -73,15 +73,18 @@ def run_one(agent: str, seed: int, timesteps: int) -> dict[str, Any]:
 
 
 def report(runs: list[dict[str, Any]]) -> str:
-    rows = ["| agent | seeds | eval return (200 ep. each) | mean | fps |", "| --- " * 5 + "|"]
-    for agent in AGENTS:
-        mine = sorted((r for r in runs if r["agent"] == agent), key=lambda r: r["seed"])
-        if mine:
-            seeds = ", ".join(str(r["seed"]) for r in mine)
-            returns = ", ".join(f"{r['eval_return']:.2f}" for r in mine)
-            fps = ", ".join(f"{r['fps']:.0f}" for r in mine)
-            mean = np.mean([r["eval_return"] for r in mine])
-            rows.append(f"| {agent} | {seeds} | {returns} | {mean:.2f} | {fps} |")
+    rows = [
+        "| agent | seed | eval return (200 ep.) | training curve at the end | steps to 0.5 "
+        "| steps to 0.9 | fps |",
+        "| --- " * 7 + "|",
+    ]
+    for run in sorted(runs, key=lambda r: (AGENTS.index(r["agent"]), r["seed"])):
+        reached = [first_reaching(run["curve"], level) for level in (0.5, 0.9)]
+        steps = ["never" if t is None else f"{t:,}" for t in reached]
+        rows.append(
+            f"| {run['agent']} | {run['seed']} | {run['eval_return']:.3f} "
+            f"| {run['curve'][-1][1]:.2f} | {steps[0]} | {steps[1]} | {run['fps']:.0f} |"
+        )
     return "\n".join(rows)
 
 
