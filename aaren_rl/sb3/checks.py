@@ -141,16 +141,15 @@ def check_episode_start(episode_start: Any, n_envs: int) -> np.ndarray:
     return starts
 
 
-def check_saved_model(path: Any, algorithm: str = "AarenPPO") -> None:
-    """A file for ``AarenPPO.load`` must be a whole SB3 zip whose policy is an Aaren policy.
+def check_saved_model(path: Any, algorithm: str, policy_base: type) -> None:
+    """A file for ``ALGORITHM.load`` must be a whole SB3 zip whose policy subclasses
+    ``policy_base`` (the algorithm's Aaren policy class).
 
     Raises :class:`SB3InputError` naming the file for a missing file, a truncated or corrupt
     zip (every member's CRC is checked), a zip without SB3's ``data`` entry, and a save of
     another algorithm (its policy class is named). File objects are checked only when seekable.
     """
     from stable_baselines3.common.save_util import json_to_data
-
-    from aaren_rl.sb3.policies import AarenActorCriticPolicy
 
     if isinstance(path, (str, os.PathLike)):
         name = str(path)
@@ -205,7 +204,7 @@ def check_saved_model(path: Any, algorithm: str = "AarenPPO") -> None:
     except Exception:  # noqa: BLE001 (a class whose module is not installed)
         policy_class = None
     if isinstance(policy_class, type):
-        if issubclass(policy_class, AarenActorCriticPolicy):
+        if issubclass(policy_class, policy_base):
             return
         label = f"{policy_class.__module__}.{policy_class.__qualname__}"
     elif module.startswith("aaren_rl."):

@@ -217,7 +217,7 @@ class AarenPPO(OnPolicyAlgorithm):
         """SB3's ``load``, after checking the file (:func:`~aaren_rl.sb3.checks.check_saved_model`):
         a truncated zip or another algorithm's save is an :class:`SB3InputError` naming the
         file and the fix."""
-        check_saved_model(path, cls.__name__)
+        check_saved_model(path, cls.__name__, AarenActorCriticPolicy)
         return super().load(path, *args, **kwargs)
 
     def _excluded_save_params(self) -> list[str]:
