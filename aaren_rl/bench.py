@@ -397,23 +397,26 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ("position t", "step latency, best of the repeats (us)"),
         ("position t", "state (bytes)"),
     ]
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    from aaren_rl.plots import readable_log_axes
 
     for ax, title, (xl, yl) in zip(axes.flat, titles, labels, strict=True):
         ax.set_title(title, fontsize=10)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(xl)
         ax.set_ylabel(yl)
+        readable_log_axes(ax)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     lengths = sorted({r["T"] for r in train})
+    from matplotlib.ticker import NullFormatter
+
     for ax in axes[0]:
-        ax.set_xticks(lengths, [str(n) for n in lengths])
+        ax.set_xticks(lengths, [f"{n:,}" for n in lengths])
+        ax.xaxis.set_minor_formatter(NullFormatter())
     fig.suptitle(
-        f"Aaren vs causal Transformer: d_model {cfg['d_model']}, {cfg['n_layers']} layers, "
+        f"Aaren vs causal Transformer backbones (random inputs, no task): "
+        f"d_model {cfg['d_model']}, {cfg['n_layers']} layers, "
         f"{cfg['n_heads']} head(s), batch {cfg['batch']}, {cfg['dtype']} on {cfg['device_name']}"
     )
     fig.tight_layout()

@@ -914,8 +914,14 @@ def plot(results: dict, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from aaren_rl.plots import legend_with_twins, readable_log_axes
+
     written = []
-    title = f"{results['stamp']['machine']}, {results['stamp']['torch_threads']} thread(s)"
+    title = (
+        f"Decision Aaren vs Transformer backbones at the presets' size (width 128, 3 layers, "
+        f"Hopper-v5's 11 -> 3): {results['stamp']['machine']}, "
+        f"{results['stamp']['torch_threads']} thread(s)"
+    )
 
     def save(fig, name: str) -> None:
         path = out / f"{STEM}-{name}.png"
@@ -940,7 +946,10 @@ def plot(results: dict, out: Path) -> list[Path]:
             )
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(envs))], [f"{n} envs" for n in envs])
         ax.set_yscale("log")
+        ax.set_xlabel("environments stepped together")
         ax.set_ylabel("µs per env step (act + observe_action)")
+        ax.set_title("policy step time per environment", fontsize=9)
+        readable_log_axes(ax)
         ax.legend(fontsize=7)
         save(fig, "latency")
     mem = results.get("memory")
@@ -965,10 +974,15 @@ def plot(results: dict, out: Path) -> list[Path]:
         ax.set_ylabel("state bytes per env")
         ax2 = ax.twinx()
         ax2.plot(
-            ts, [r["peak_rss_bytes"] / 2**20 for r in mem["fast_step"]], "k--", label="peak RSS"
+            ts,
+            [r["peak_rss_bytes"] / 2**20 for r in mem["fast_step"]],
+            "k--",
+            label="process peak RSS, Aaren fast step (right axis)",
         )
         ax2.set_ylabel("process peak RSS (MiB)")
-        ax.legend(fontsize=7, loc="upper left")
+        ax.set_title("state per environment against the step t", fontsize=9)
+        readable_log_axes(ax)
+        legend_with_twins(ax, ax2, fontsize=7, loc="upper left")
         save(fig, "memory")
     training = results.get("training")
     if training:
@@ -982,12 +996,15 @@ def plot(results: dict, out: Path) -> list[Path]:
         for label, rows in series.items():
             ax1.plot(lengths, [r["seconds"] for r in rows], "o-", label=label)
             ax2.plot(lengths, [r["peak_bytes"] / 2**20 for r in rows], "o-", label=label)
-        for ax, ylabel in ((ax1, "fwd+bwd seconds"), (ax2, "peak tensor MiB")):
+        panels = ((ax1, "fwd+bwd seconds", "training time"), (ax2, "peak tensor MiB", "memory"))
+        for ax, ylabel, name in panels:
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel("tokens T")
             ax.set_ylabel(ylabel)
-        ax1.legend(fontsize=7)
+            ax.set_title(f"{name}: Aaren vs Transformer, batch of sequences", fontsize=9)
+            readable_log_axes(ax)
+            ax.legend(fontsize=7)
         save(fig, "training")
     return written
 

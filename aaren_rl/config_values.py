@@ -51,15 +51,18 @@ def _text_hint(value: Any) -> str:
     return ""
 
 
-def integer(value: Any, minimum: int | None = None) -> int:
+def integer(value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
     """An integer (an integral float such as ``1.0e5`` is taken as one); never a bool."""
     what = "an integer" + (f" >= {minimum}" if minimum is not None else "")
+    what += (" and" if minimum is not None else "") + (
+        f" <= {maximum}" if maximum is not None else ""
+    )
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise BadValue(what + _text_hint(value))
     if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
         raise BadValue(what)
     result = int(value)
-    if minimum is not None and result < minimum:
+    if (minimum is not None and result < minimum) or (maximum is not None and result > maximum):
         raise BadValue(what)
     return result
 

@@ -17,6 +17,36 @@ _SEARCH_ROOTS = (_PACKAGE_DIR / "_presets", _PACKAGE_DIR.parent)
 KINDS = ("agents", "envs")
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (plain
+    YAML keeps the last value without a word, so ``lr: 1e-3`` ... ``lr: 1e-4`` would silently
+    train at 1e-4)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            try:
+                key = self.construct_object(key_node, deep=True)
+                hash(key)
+            except (yaml.YAMLError, TypeError):
+                continue  # the base class reports keys that cannot be keys
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} appears twice in one mapping (first on line "
+                    f"{seen[key].line + 1}); keep one of them",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text safely, refusing duplicated keys (:class:`UniqueKeyLoader`)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def preset_dir(kind: str) -> Path:
     """The folder that holds the named presets of ``kind`` ('agents' or 'envs')."""
     if kind not in KINDS:
@@ -60,7 +90,7 @@ def load(kind: str, name_or_path: str | Path) -> tuple[dict[str, Any], Path]:
     except OSError as exc:
         raise ValueError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         raise ValueError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
     if not isinstance(data, dict):

@@ -66,7 +66,18 @@ AAREN_PRESET = dict(
 # seeds 0-5 at 450 or more (docs/sb3.md, "Screening, session 6")
 AAREN_HP: dict[str, dict[str, Any]] = {"CartPoleNoVel-v1": dict(target_kl=0.01)}
 # aaren_ppo_nodecay: the paper's Aaren (no recency) and heads that read only the memory
-AAREN_PAPER = dict(d_model=64, n_layers=1, n_heads=2, timestep_embedding=512)
+# (every memory keyword written out: the policy's defaults are the preset's)
+AAREN_PAPER = dict(
+    d_model=64,
+    n_layers=1,
+    n_heads=2,
+    timestep_embedding=512,
+    decay=False,
+    skip_features=False,
+    critic="separate",
+    short_conv=0,
+    skip_conv=False,
+)
 
 
 def linear(start: float):
@@ -201,7 +212,9 @@ def build(agent: str, task: str, venv, seed: int, variant: dict[str, Any] | None
         variant = variant or {}
         kwargs = dict(ZOO_POLICY, **(AAREN_PRESET if agent == "aaren_ppo" else AAREN_PAPER))
         kwargs.update(variant.get("policy", {}))
-        hp = dict(hp, sequence_length=spec["sequence_length"], **AAREN_HP.get(task, {}))
+        # PPO's target_kl unless AAREN_HP sets one (AarenPPO's own default is 0.01)
+        hp = dict(hp, sequence_length=spec["sequence_length"], target_kl=None)
+        hp.update(AAREN_HP.get(task, {}))
         hp.update({k: _schedule(v) for k, v in variant.get("hp", {}).items()})
         return AarenPPO("MlpAarenPolicy", venv, policy_kwargs=kwargs, **hp, **common)
     if agent == "recurrent_ppo":
@@ -294,7 +307,7 @@ def report(results: list[dict[str, Any]], md_path: Path, png_path: Path) -> str:
                     x, y = zip(*r["curve"], strict=True)
                     ax.plot(x, y, color=f"C{AGENTS.index(agent)}", alpha=0.8,
                             label=agent if i == 0 else None)  # fmt: skip
-        ax.set_title(task)
+        ax.set_title(f"{task}: AarenPPO (Aaren memory) vs baselines", fontsize=9)
         ax.set_xlabel("timesteps")
         ax.set_ylabel("training episode return (last 100)")
         ax.legend(fontsize=7)

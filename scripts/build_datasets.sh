@@ -16,18 +16,19 @@ cd "$(dirname "$0")/.."
 AAREN=".venv/bin/aaren-rl"
 OUT="data/d4rl"
 COMMON=(--out "$OUT" --seed 0 --threads 1)
+TRAIN=(--train-sac)  # SAC is trained here (medium-replay is its replay buffer)
 
 case "${1:-}" in
   hopper)
-    "$AAREN" make-dataset hopper "${COMMON[@]}" \
+    "$AAREN" make-dataset hopper "${COMMON[@]}" "${TRAIN[@]}" \
       --levels medium-replay,medium,expert,medium-expert,random \
       --total-steps 230000 --transitions 1000000
-    "$AAREN" make-dataset hopper "${COMMON[@]}" --levels expert,medium-expert --overwrite \
+    "$AAREN" make-dataset hopper "${COMMON[@]}" "${TRAIN[@]}" --levels expert,medium-expert --overwrite \
       --total-steps 410000 --transitions 1000000 --expert-policy best
     ;;
   others)
     for task in halfcheetah walker2d; do
-      "$AAREN" make-dataset "$task" "${COMMON[@]}" \
+      "$AAREN" make-dataset "$task" "${COMMON[@]}" "${TRAIN[@]}" \
         --levels medium-replay,medium --total-steps 300000 --transitions 1000000
     done
     ;;

@@ -645,7 +645,7 @@ def write_outputs(args: argparse.Namespace, command: str) -> None:
             cx, kib, ms = xs, [r["state_bytes"] / 1024 for r in rows], [r["ms_last"] for r in rows]
         axes[1].plot(cx, kib, marker="o", color=colours[agent], label=LABELS[agent])
         axes[2].plot(cx, ms, marker="o", color=colours[agent], label=LABELS[agent])
-    axes[0].axhline(50, color="grey", ls=":", lw=1)
+    axes[0].axhline(50, color="grey", ls=":", lw=1, label="chance (50%)")
     axes[0].set(
         xscale="log",
         xlabel="corridor length L",
@@ -654,8 +654,20 @@ def write_outputs(args: argparse.Namespace, command: str) -> None:
     )
     axes[1].set(xscale="log", yscale="log", xlabel="L", ylabel="state KiB per env, last step")
     axes[2].set(xscale="log", xlabel="L", ylabel="ms per step, last step (1 thread)")
+    axes[0].set_title("success", fontsize=9)
+    axes[1].set_title("state per environment", fontsize=9)
+    axes[2].set_title("time per step", fontsize=9)
+    from aaren_rl.plots import readable_log_axes
+
+    for ax in axes:
+        readable_log_axes(ax)
     axes[0].legend(fontsize=6.5, loc="lower left")
-    fig.suptitle("Passive T-maze: success, memory and time per step against corridor length")
+    for ax in axes[1:]:
+        ax.legend(fontsize=6.5)
+    fig.suptitle(
+        "Passive T-maze: Decision Aaren vs Decision Transformer (K = 20) and a full-KV-cache "
+        "Transformer: success, memory and time per step against corridor length"
+    )
     fig.tight_layout()
     save_figure_atomic(fig, out / "memory-results.png", dpi=110)
     plt.close(fig)

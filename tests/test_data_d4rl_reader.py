@@ -148,7 +148,14 @@ def test_names_resolve_under_the_data_dirs(monkeypatch, tmp_path):
     message = str(err.value)
     assert str(ours / "walker2d-medium-v5.hdf5") in message
     assert str(d4rl / "walker2d_medium-v5.hdf5") in message
-    assert "aaren-rl make-dataset walker2d-medium" in message
+    # a shipped behaviour policy builds it fast; a level that needs SAC says --train-sac
+    assert "in under a minute with `aaren-rl make-dataset walker2d-medium`" in message
+    with pytest.raises(DatasetError, match=r"make-dataset walker2d-expert --train-sac` \(trains"):
+        resolve_dataset_path("walker2d-expert-v5")
+    with pytest.raises(DatasetError, match=r"make-dataset hopper-medium-expert` \(rolls out"):
+        resolve_dataset_path("hopper-medium-expert-v5")
+    with pytest.raises(DatasetError, match=r"make-dataset hopper-medium-replay --train-sac"):
+        resolve_dataset_path("hopper-medium-replay-v5")
 
 
 def test_builtin_names_and_missing_paths(monkeypatch, tmp_path):

@@ -95,7 +95,7 @@ def test_shapes_that_do_not_match_the_environment(tmp_path):
     fits_obs = (Box(-np.inf, np.inf, (2,)), Box(-1.0, 1.0, (3,)))
     with pytest.raises(DatasetError, match="'actions'.*size 2.*\\(3,\\)"):
         load_d4rl(path, env_spaces=fits_obs)
-    both_fit = (Box(-np.inf, np.inf, (2,)), Box(-1.0, 1.0, (2,)))
+    both_fit = (Box(-np.inf, np.inf, (2,)), Box(-2.0, 2.0, (2,)))  # actions up to 1.3
     assert load_d4rl(path, env_spaces=both_fit).num_episodes == 3
 
 

@@ -76,7 +76,7 @@ def test_episodes_partition_the_transitions(arrays):
 @SETTINGS
 @given(transitions(), st.integers(1, 7))
 def test_max_episode_steps_still_partitions(arrays, max_steps):
-    ds = TrajectoryDataset.from_arrays(**arrays, max_episode_steps=max_steps)
+    ds = TrajectoryDataset.from_arrays(**arrays, max_episode_steps=max_steps, cut_unflagged=True)
     _check_partition(ds, arrays, max_steps)
 
 

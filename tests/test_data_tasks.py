@@ -89,7 +89,7 @@ def test_reference_tables_and_relative_dataset_path(tmp_path):
         "terminals": np.zeros(8, bool),  # no flags: the time limit (3) splits the episodes
     }
     write_d4rl(tmp_path / "toy.hdf5", **arrays)
-    path = _write_spec(tmp_path, _spec(tmp_path))
+    path = _write_spec(tmp_path, _spec(tmp_path, episode_ends="time-limit"))
     task = load_task(path)
     assert task.spec_path == str(path)
     assert task.reference_source == "measured-v5" and task.reference_scores == (2.0, 12.0)
@@ -102,6 +102,7 @@ def test_reference_tables_and_relative_dataset_path(tmp_path):
     with pytest.raises(KeyError, match="has no reference table 'v9'"):
         task.with_reference("v9")
     # the dataset path is relative to the spec file, and episodes are cut at max_episode_steps
+    # (asked for by `episode_ends: time-limit`: the file has no flags)
     ds = task.load_dataset(check_spaces=False)
     assert [len(e) for e in ds.episodes] == [3, 3, 2]
     # Hopper-v5 observes 11 numbers, acts with 3; this toy file does not fit it

@@ -67,9 +67,17 @@ def test_demo_trains_evaluates_and_reports_step_costs(tmp_path, capsys):
     assert ev["normalized_scores"] == pytest.approx([_score(r) for r in ev["returns"]])
     assert f"normalised score {np.mean(ev['normalized_scores']):.1f}" in printed
     costs = report["step_costs"]
-    aaren = costs["Aaren, recurrent step"]["state_bytes_per_env"]
+    aaren = costs["Aaren, the model's own step"]["state_bytes_per_env"]
     # DESIGN.md: (d_head + 2) float32 numbers per head per layer: 3 layers, 1 head of 128
     assert aaren == [3 * 1 * (128 + 2) * 4] * 30
+    # the rollout's FastDecisionStep is timed too, on numba (a default dependency): the same
+    # Aaren memory plus the pending action it carries (3 float32, an int64 timestep, a flag)
+    fast = costs["Aaren, FastDecisionStep"]
+    assert fast["backend"] == "numba"
+    assert costs["Aaren, the model's own step"]["backend"] == "model"
+    assert fast["state_bytes_per_env"] == [3 * 1 * (128 + 2) * 4 + 3 * 4 + 8 + 1] * 30
+    assert "rollout step: FastDecisionStep compiled by numba" in printed
+    assert "Aaren, FastDecisionStep (numba)" in printed
     kv = np.asarray(costs["Transformer, full KV cache"]["state_bytes_per_env"])
     assert np.all(np.diff(kv) == kv[1] - kv[0]) and kv[1] > kv[0]  # grows linearly with t
     window = np.asarray(costs["Transformer, DT window recompute"]["state_bytes_per_env"])

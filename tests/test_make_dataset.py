@@ -1,7 +1,10 @@
 """`aaren-rl make-dataset` on a tiny budget, and the pieces it is built from.
 
-The build fixture runs the real command twice: the first call is interrupted after 150 SAC
-steps (``--train-steps-per-run``), the second resumes from that checkpoint and finishes. The
+The build fixture runs the real command (``--train-sac``: SAC is trained here) twice: the first
+call is interrupted after 150 SAC steps (``--train-steps-per-run``), the second resumes from
+that checkpoint (``sac.zip`` and the replay buffer's filled rows, ``replay_buffer.npz``) and
+finishes; a third trains on past it. ``tests/test_make_dataset_kills.py`` kills a build with
+SIGKILL, also inside a checkpoint write, and resumes it. The
 files it writes are checked against the environment itself (every stored transition is replayed
 in MuJoCo from its recorded physics state), against an independent D4RL reader (just-d4rl) and
 against this library's reader.
@@ -27,6 +30,7 @@ from aaren_rl.data.behaviour import (
     uniform_policy,
 )
 from aaren_rl.data.d4rl_writer import episode_bounds, write_d4rl
+from aaren_rl.data.make_dataset import load_replay_rows, save_replay_rows
 
 LEVELS = ("random", "medium", "medium-replay", "expert", "medium-expert")
 TOTAL_STEPS = 300
@@ -69,6 +73,7 @@ def _build_args(out: Path, work: Path, *extra: str) -> list[str]:
         "--device",
         "cpu",
         "--quiet",
+        "--train-sac",
         *extra,
     ]
 
@@ -235,7 +240,7 @@ def test_interrupted_build_resumes_from_its_checkpoint(build):
     assert final["num_timesteps"] == TOTAL_STEPS + 100
     assert Path(final["checkpoint"]).name == f"step-{TOTAL_STEPS + 100:09d}"
     # Its replay buffer grew and holds every transition since step 0.
-    expert.load_replay_buffer(Path(final["checkpoint"]) / "replay_buffer.pkl")
+    load_replay_rows(expert.replay_buffer, Path(final["checkpoint"]) / "replay_buffer.npz")
     buffer = expert.replay_buffer
     assert buffer.buffer_size == TOTAL_STEPS + 100
     assert buffer.full and buffer.pos == 0  # exactly full: SB3 wraps pos to 0 at the end
@@ -549,3 +554,92 @@ def test_expert_policy_best_keeps_the_best_evaluated_policy(build, tmp_path):
     assert expert.num_timesteps == best_step
     with h5py.File(out / "hopper-expert-v5.hdf5") as f:
         assert int(f["metadata/policy/sac_step"][()]) == best_step
+
+
+def test_checkpoint_keeps_only_the_filled_replay_rows(build):
+    """A checkpoint holds the transitions stored so far (not SB3's pickle of the preallocated
+    buffer): the rows of the buffer SAC trains from, as many as the steps trained."""
+    final = json.loads((build["work"] / "progress.json").read_text())
+    folder = Path(final["checkpoint"])
+    assert sorted(p.name for p in folder.iterdir()) == ["replay_buffer.npz", "sac.zip"]
+    with np.load(folder / "replay_buffer.npz") as saved:
+        assert len(saved["rewards"]) == final["num_timesteps"] == TOTAL_STEPS + 100
+        assert saved["observations"].shape == (TOTAL_STEPS + 100, 1, 11)
+
+
+def test_replay_rows_round_trip_and_size(tmp_path):
+    from stable_baselines3.common.buffers import ReplayBuffer
+
+    obs_space = gym.spaces.Box(-np.inf, np.inf, (11,), np.float64)
+    act_space = gym.spaces.Box(-1, 1, (3,), np.float32)
+    rng = np.random.default_rng(0)
+
+    def buffer():
+        return ReplayBuffer(
+            1_000_000, obs_space, act_space, device="cpu", handle_timeout_termination=True
+        )
+
+    buf = buffer()
+    for k in range(37):
+        buf.add(
+            rng.normal(size=(1, 11)),
+            rng.normal(size=(1, 11)),
+            rng.uniform(-1, 1, size=(1, 3)).astype(np.float32),
+            np.array([rng.normal()]),
+            np.array([k % 10 == 9]),
+            [{"TimeLimit.truncated": k == 19}],
+        )
+    save_replay_rows(buf, tmp_path / "rows.npz")
+    # 37 rows of about 0.2 KB, where SB3's pickle of this 1M-row buffer is about 200 MB
+    assert (tmp_path / "rows.npz").stat().st_size < 37 * 250 + 2000
+    again = buffer()
+    load_replay_rows(again, tmp_path / "rows.npz")
+    assert (again.pos, again.full) == (37, False)
+    for name in ("observations", "next_observations", "actions", "rewards", "dones", "timeouts"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(buf, name))
+    small = ReplayBuffer(20, obs_space, act_space, device="cpu", handle_timeout_termination=True)
+    with pytest.raises(ValueError, match=r"rows\.npz.*37 transitions.*--buffer-size"):
+        load_replay_rows(small, tmp_path / "rows.npz")
+
+
+def test_default_build_rolls_out_the_shipped_policy_without_training(tmp_path):
+    """`make-dataset hopper-medium` uses the shipped medium actor (no SAC training); a level
+    that needs training names --train-sac and trains nothing."""
+    import hashlib
+
+    from aaren_rl.data.make_dataset import SHIPPED_POLICIES
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    args = ["make-dataset", "hopper-medium", "--out", str(out), "--work-dir", str(work)]
+    assert _run([*args, "--transitions", "500", "--quiet"]) == 0
+    data = _read(out / "hopper-medium-v5.hdf5")
+    assert len(data["rewards"]) == 500
+    shipped = SHIPPED_POLICIES / "hopper-medium-actor.pt"
+    with h5py.File(out / "hopper-medium-v5.hdf5") as f:
+        sha, step = f["metadata/policy/sha256"][()].decode(), f["metadata/policy/sac_step"][()]
+    assert sha == hashlib.sha256(shipped.read_bytes()).hexdigest()
+    assert int(step) == 205_000
+    assert not (work / "checkpoints").exists()
+    with pytest.raises(SystemExit, match="medium-replay is the replay buffer.*--train-sac"):
+        _run(["make-dataset", "hopper-medium-replay", "--out", str(out), "--work-dir", str(work)])
+    with pytest.raises(SystemExit, match="no ant-medium policy.*--train-sac"):
+        _run(["make-dataset", "ant-medium", "--out", str(out), "--work-dir", str(work)])
+    assert not (work / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_shipped_actor_rebuilds_the_shipped_dataset_bit_for_bit(tmp_path):
+    """hopper-medium-small-v5 was rolled out from the full SAC zip; the shipped actor (the zip
+    stripped to what a rollout reads) rolls out the same transitions, bit for bit
+    (scripts/build_datasets.sh small)."""
+    from aaren_rl.data.paths import BUILTIN_DIR
+
+    args = ["make-dataset", "hopper", "--levels", "medium", "--suffix", "small"]
+    args += ["--out", str(tmp_path), "--work-dir", str(tmp_path / "work"), "--seed", "0"]
+    args += ["--transitions", "50000", "--max-episodes", "100", "--quiet"]
+    assert _run(args) == 0
+    ours = _read(tmp_path / "hopper-medium-small-v5.hdf5")
+    shipped = _read(BUILTIN_DIR / "hopper-medium-small-v5.hdf5")
+    for key in ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations"):
+        np.testing.assert_array_equal(ours[key], shipped[key])
+    np.testing.assert_array_equal(ours["infos/qpos"], shipped["infos/qpos"])

@@ -1,8 +1,10 @@
 """`aaren-rl make-dataset` killed (SIGKILL) at chosen and random points resumes to the end, and
 never leaves a truncated HDF5 file under a dataset's final name.
 
-The build runs in a subprocess through a small wrapper that can hold the process at a kill point
-(inside a SAC checkpoint write, inside an HDF5 write) or kill itself right after a dataset file
+A resumed build reads its last checkpoint: SAC's ``sac.zip`` and the filled rows of its replay
+buffer (``replay_buffer.npz``), written to a temporary folder that replaces the old one only when
+whole. The build runs in a subprocess through a small wrapper that can hold the process at a kill
+point (inside a SAC checkpoint write, inside an HDF5 write) or kill itself right after a dataset file
 has landed under its final name but before the build recorded it as done.
 """
 
@@ -29,14 +31,14 @@ STEPS = 200
 WRAPPER = """
 import os, signal, sys, time
 point = os.environ.get("KILL_POINT", "")
-if point == "in_checkpoint":  # hold the SAC replay-buffer write of a checkpoint
-    from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
-    real = OffPolicyAlgorithm.save_replay_buffer
-    def held(self, path):
-        real(self, path)
+if point == "in_checkpoint":  # hold the replay-buffer write of a SAC checkpoint
+    import aaren_rl.data.make_dataset as make_dataset
+    real = make_dataset.save_replay_rows
+    def held(buffer, path):
+        real(buffer, path)
         print("AT in_checkpoint", flush=True)
         time.sleep(30)
-    OffPolicyAlgorithm.save_replay_buffer = held
+    make_dataset.save_replay_rows = held
 if point == "in_hdf5":  # hold an HDF5 file half-written (datasets in, metadata not yet)
     import aaren_rl.data.d4rl_writer as writer
     real_meta = writer._write_metadata
@@ -64,7 +66,7 @@ def _args(out: Path, work: Path) -> list[str]:
         "--total-steps", str(STEPS), "--learning-starts", "60", "--batch-size", "32",
         "--eval-freq", "100", "--eval-episodes", "2", "--checkpoint-freq", "50",
         "--transitions", "200", "--rollout-envs", "2", "--expert-return", "30",
-        "--max-episode-steps", "60", "--device", "cpu", "--quiet", "--threads", "1",
+        "--max-episode-steps", "60", "--device", "cpu", "--quiet", "--threads", "1", "--train-sac",
     ]  # fmt: skip
 
 

@@ -24,6 +24,11 @@ def test_wheel_ships_presets_and_assets(tmp_path):
         for preset in (ROOT / kind).glob("*.yaml"):
             assert f"aaren_rl/_presets/{kind}/{preset.name}" in names
     assert "aaren_rl/assets/datasets/hopper-medium-small-v5.hdf5" in names
+    # behaviour policies: the actors a rollout reads, not SAC's critics and optimiser state
+    policies = {n for n in names if n.startswith("aaren_rl/assets/policies/")}
+    assert "aaren_rl/assets/policies/hopper-medium-actor.pt" in policies
+    assert all(n.endswith(("-actor.pt", "policies.json")) for n in policies), policies
+    assert "aaren_rl/_presets/hyperparams/aaren_ppo.yml" in names  # rl-zoo3's, for the launcher
 
     # an unpacked wheel, away from the checkout, resolves named presets and builtin data
     site = tmp_path / "site"

@@ -58,8 +58,10 @@ def test_non_finite_loss_stops_before_the_update_and_keeps_the_last_checkpoint(t
         assert torch.equal(ckpt["model_state"][name], value), name
 
 
-def test_loss_overflow_stops_the_cli_with_one_line(tmp_path, capsys):
+def test_loss_overflow_stops_the_cli_with_one_line(tmp_path, capsys, monkeypatch):
     import h5py
+
+    import aaren_rl.agents.trainer as trainer_module
 
     agent, task = _write_presets(tmp_path, steps=30, checkpoint_every=5)
     with h5py.File(tmp_path / "toy.hdf5", "r+") as f:  # finite, loadable, but squares overflow
@@ -68,9 +70,20 @@ def test_loss_overflow_stops_the_cli_with_one_line(tmp_path, capsys):
         f["actions"][...] = actions
     out = tmp_path / "run"
     argv = ["train", "--agent", str(agent), "--task", str(task), "--out", str(out)]
+    # such actions lie outside Hopper's action Box: the data is refused before training
+    assert main([*argv, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "toy.hdf5: key 'actions': holds 3e+30 at row 40" in err
+    # a loss that overflows anyway (here forced) stops the run with one line
+    real = trainer_module.decision_loss
+    monkeypatch.setattr(
+        trainer_module, "decision_loss", lambda m, b: real(m, b) * torch.tensor(3e30) ** 2
+    )
+    with h5py.File(tmp_path / "toy.hdf5", "r+") as f:
+        f["actions"][...] = np.clip(actions, -1.0, 1.0)
     assert main([*argv, "--no-progress"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("aaren-rl train: stopped: step ") and "loss is nan" in err
+    assert err.startswith("aaren-rl train: stopped: step ") and "loss is inf" in err
     assert "episodes [" in err and ("is kept" in err or "no checkpoint had been written" in err)
 
 

@@ -257,9 +257,10 @@ class CategoricalActionHead(nn.Linear):
 
 
 def _as_vector(value: Any, size: int, name: str, fill: float) -> torch.Tensor:
+    # on the CPU even under a default device (the meta device counts parameters unallocated)
     if value is None:
-        return torch.full((size,), fill, dtype=torch.float32)
-    t = torch.as_tensor(np.asarray(value, dtype=np.float32))
+        return torch.full((size,), fill, dtype=torch.float32, device="cpu")
+    t = torch.as_tensor(np.asarray(value, dtype=np.float32), device="cpu")
     if t.shape != (size,):
         raise ValueError(f"{name} has shape {tuple(t.shape)}; expected ({size},) (obs_dim)")
     if not torch.isfinite(t).all():

@@ -4,9 +4,10 @@
    ``hopper-medium-small`` dataset, resuming from ``OUT/train`` if a run is there;
 2. rolls it out on Hopper-v5 with a constant-memory recurrent state per environment
    (``evaluate_agent``) and reports the D4RL-normalised score;
-3. times one environment step (act + observe_action) at t = 1 .. 1000 for Aaren's recurrent
-   step against Decision Transformer's window recompute and a full-attention KV cache of the
-   same width, with the state bytes each keeps per environment;
+3. times one environment step (act + observe_action) at t = 1 .. 1000 for Aaren's
+   ``FastDecisionStep`` (what the rollout runs: fused weights, numba-compiled on CPU) and the
+   model's own recurrent step, against Decision Transformer's window recompute and a
+   full-attention KV cache of the same width, with the state bytes each keeps per environment;
 4. prints a table and writes ``OUT/demo.json`` and ``OUT/demo.png``.
 """
 
@@ -28,13 +29,19 @@ DEFAULT_TASK = "hopper-medium-small"
 DEFAULT_OUT = Path("runs") / "demo"
 MARKER = "aaren-rl demo"
 
-# label -> (agent preset whose model is timed, overrides of its model section)
-STEP_COSTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "Aaren, recurrent step": ("decision-aaren", {}),
-    "Transformer, DT window recompute": ("decision-transformer", {"step_mode": "recompute"}),
+# label -> (agent preset whose model is timed, overrides of its model section, fast step)
+STEP_COSTS: dict[str, tuple[str, dict[str, Any], bool]] = {
+    "Aaren, FastDecisionStep": ("decision-aaren", {}, True),
+    "Aaren, the model's own step": ("decision-aaren", {}, False),
+    "Transformer, DT window recompute": (
+        "decision-transformer",
+        {"step_mode": "recompute"},
+        False,
+    ),
     "Transformer, full KV cache": (
         "decision-transformer",
         {"step_mode": "kv_cache", "full_attention": True},
+        False,
     ),
 }
 
@@ -63,8 +70,10 @@ def step_costs(
 ) -> dict[str, dict[str, Any]]:
     """Per-step latency (ms) and state bytes per env over t = 1 .. n_steps, for each model.
 
-    The trained Aaren model is timed as is; the Transformer variants are built at the width of
-    the decision-transformer preset (their cost does not depend on their weights).
+    The trained Aaren model is timed as is, through :class:`FastDecisionStep` (the rollout's
+    step; ``"backend"`` says numba or torch) and through its own step; the Transformer variants
+    are built at the width of the decision-transformer preset (their cost does not depend on
+    their weights).
     """
     import torch
 
@@ -73,18 +82,20 @@ def step_costs(
     from aaren_rl.agents.train_cli import resolve_agent
 
     results = {}
-    for label, (preset, model_overrides) in STEP_COSTS.items():
+    for label, (preset, model_overrides, fast) in STEP_COSTS.items():
         if preset == "decision-aaren":
             model = trained
         else:
             config = resolve_agent(preset)["model"] | model_overrides
             torch.manual_seed(seed)
             model = build_decision_model(config, obs_dim, act_dim).to(device)
-        profile_steps(model, n_steps=min(5, n_steps), seed=seed, device=device)  # warm-up
-        prof = profile_steps(model, n_steps=n_steps, seed=seed, device=device)
+        # warm-up (the numba step compiles at its first call)
+        profile_steps(model, n_steps=min(5, n_steps), seed=seed, device=device, fast_step=fast)
+        prof = profile_steps(model, n_steps=n_steps, seed=seed, device=device, fast_step=fast)
         lat, nbytes = prof.latency_ms, prof.state_bytes_per_env
         first, last = prof.at(min(10, n_steps)), prof.at(n_steps)
         results[label] = {
+            "backend": _backend(model, fast),
             "ms_per_step_first10": first[0],
             "ms_per_step_last10": last[0],
             "state_bytes_t1": int(nbytes[0]),
@@ -95,6 +106,14 @@ def step_costs(
     return results
 
 
+def _backend(model: Any, fast: bool) -> str:
+    """What ``profile_steps(model, fast_step=fast)`` runs: "numba", "torch" or "model"."""
+    from aaren_rl.agents.rollout import rollout_policy
+
+    policy = rollout_policy(model, fast)
+    return getattr(policy, "active_backend", "model")
+
+
 def write_plot(path: Path, costs: dict[str, dict[str, Any]], title: str) -> Path:
     """Two panels against t: ms per environment step, and state bytes per environment."""
     import matplotlib
@@ -102,19 +121,31 @@ def write_plot(path: Path, costs: dict[str, dict[str, Any]], title: str) -> Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
+    from aaren_rl.plots import readable_log_axes
+
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.4))
     for label, c in costs.items():
+        name = f"{label} ({c['backend']})" if c.get("backend") not in (None, "model") else label
         lat = np.asarray(c["latency_ms"])
         t = np.arange(1, len(lat) + 1)
         k = max(1, min(25, len(lat) // 20))
         smooth = np.convolve(lat, np.ones(k) / k, mode="valid")
-        ax_t.plot(t[k - 1 :], smooth, label=label)
-        ax_m.plot(t, np.asarray(c["state_bytes_per_env"]) / 1024, label=label)
-    ax_t.set(xlabel="environment step t", ylabel="ms per step (moving mean)", title="time")
-    ax_m.set(xlabel="environment step t", ylabel="state KiB per environment", title="memory")
-    ax_m.set_yscale("log")
+        ax_t.plot(t[k - 1 :], smooth, label=name)
+        ax_m.plot(t, np.asarray(c["state_bytes_per_env"]) / 1024, label=name)
+    ax_t.set(
+        xlabel="environment step t",
+        ylabel="ms per step, batch of 1 (moving mean)",
+        title="time per step: Aaren backbone vs Transformer backbone",
+    )
+    ax_m.set(
+        xlabel="environment step t",
+        ylabel="state KiB per environment",
+        title="memory per environment",
+    )
     for ax in (ax_t, ax_m):
-        ax.grid(alpha=0.3)
+        ax.set_yscale("log")
+        readable_log_axes(ax)
+        ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -141,7 +172,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
 
     from aaren_rl.agents.checkpoint import CheckpointError
-    from aaren_rl.agents.rollout import evaluate_agent
+    from aaren_rl.agents.rollout import describe_rollout_step, evaluate_agent
     from aaren_rl.agents.train_cli import run_training
     from aaren_rl.agents.trainer import task_to_dict, write_json_atomic
     from aaren_rl.data.tasks import load_task
@@ -176,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
         f"(target return {target:g})",
         flush=True,
     )
+    print(describe_rollout_step(model, True, "evaluate_agent(..., fast_step=False)"), flush=True)
     res = evaluate_agent(
         model,
         task.env_id,
@@ -203,12 +235,13 @@ def run(args: argparse.Namespace) -> int:
         f"state {res.state_bytes_per_env_first} B/env at step 1 and "
         f"{res.state_bytes_per_env_last} B/env at the last step"
     )
-    header = f"{'one env step, batch of 1':34s} {'ms t<=10':>9s} {f'ms t~{n}':>9s}"
+    header = f"{'one env step, batch of 1':42s} {'ms t<=10':>9s} {f'ms t~{n}':>9s}"
     header += f" {'state B t=1':>12s} {f'state B t={n}':>13s}"
     print(header)
     for label, c in costs.items():
+        name = f"{label} ({c['backend']})" if c["backend"] != "model" else label
         print(
-            f"{label:34s} {c['ms_per_step_first10']:9.2f} {c['ms_per_step_last10']:9.2f} "
+            f"{name:42s} {c['ms_per_step_first10']:9.3f} {c['ms_per_step_last10']:9.3f} "
             f"{c['state_bytes_t1']:12d} {c['state_bytes_last']:13d}"
         )
 

@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from aaren_rl.agents.checkpoint import CheckpointError, load_agent
-    from aaren_rl.agents.rollout import evaluate_agent, profile_steps
+    from aaren_rl.agents.rollout import describe_rollout_step, evaluate_agent, profile_steps
 
     if args.episodes < 1 or args.envs < 1:
         print("error: --episodes and --envs must be >= 1", file=sys.stderr)
@@ -165,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
         f"device {device}"
         + (f", returns-to-go clipped at {float(model.return_max):.1f}" if args.clip_return else "")
     )
+    print(describe_rollout_step(model, not args.reference_step, "--reference-step"), flush=True)
 
     rows = []
     try:

@@ -128,6 +128,44 @@ def rollout_policy(net: DecisionModel, fast_step: bool = True) -> DecisionModel 
     return FastDecisionStep(net)
 
 
+def describe_rollout_step(
+    net: torch.nn.Module, fast_step: bool = True, reference_flag: str = "fast_step=False"
+) -> str:
+    """One line saying which step a rollout of ``net`` runs and how to get the other one.
+
+    The three paths: :class:`FastDecisionStep` compiled by numba (CPU float32), the same fused
+    step in PyTorch (numba missing, CUDA or float64), or the model's own ``act`` (a
+    Transformer, a post-norm Aaren, or ``fast_step=False``). ``reference_flag`` names the
+    caller's switch to the model's own step (``--reference-step`` on the command line).
+    """
+    from aaren_rl.agents import fast_step_numba
+
+    net = _unwrap(net)
+    if not fast_step:
+        return (
+            f"rollout step: the model's own act/observe_action ({reference_flag}); without it "
+            "an Aaren model runs FastDecisionStep (same actions, fused weights, far faster)"
+        )
+    try:
+        check_supported(net)
+    except ValueError as exc:
+        return f"rollout step: the model's own act/observe_action (no fast step: {exc})"
+    p = next(net.parameters())
+    if p.device.type == "cpu" and p.dtype == torch.float32 and fast_step_numba.AVAILABLE:
+        return (
+            "rollout step: FastDecisionStep compiled by numba (one call per step); "
+            f"{reference_flag} runs the model's own step instead"
+        )
+    if not fast_step_numba.AVAILABLE:
+        why = "numba is not installed: `pip install numba` gives the compiled CPU step"
+    else:
+        why = f"the model is {p.dtype} on {p.device}; the numba step runs on CPU float32"
+    return (
+        f"rollout step: FastDecisionStep in PyTorch ({why}); "
+        f"{reference_flag} runs the model's own step instead"
+    )
+
+
 def _autoreset_mode(mode: str | AutoresetMode) -> AutoresetMode:
     try:
         mode = AutoresetMode(mode)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,9 +30,10 @@ from aaren_rl.agents.trainer import (
     seed_everything,
     setup_distributed,
 )
-from aaren_rl.cli import add_threads_argument, apply_threads
+from aaren_rl.cli import add_threads_argument, apply_threads, interrupted_exit, seed_value
 from aaren_rl.config_values import show
 from aaren_rl.files import write_text_atomic
+from aaren_rl.nn.size import check_model_fits
 from aaren_rl.training.loop import NonFiniteLossError
 
 AGENT_KEYS = ("name", "description", "model", "train", "protocols")
@@ -50,7 +50,7 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> N
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     """``["train.steps=100", "model.d_model=64"]`` -> ``{"train.steps": 100, ...}`` (YAML values)."""
-    from aaren_rl.presets import _yaml_problem
+    from aaren_rl.presets import _yaml_problem, load_yaml
 
     out: dict[str, Any] = {}
     for item in items or []:
@@ -58,7 +58,7 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. train.batch_size=32")
         key, raw = item.split("=", 1)
         try:
-            out[key.strip()] = yaml.safe_load(raw)
+            out[key.strip()] = load_yaml(raw)
         except yaml.YAMLError as exc:
             raise ValueError(
                 f"--set {item!r}: the value is not valid YAML ({_yaml_problem(exc)})"
@@ -224,10 +224,9 @@ def run_training(
         dataset = spec.load_dataset()
     preset = with_action_space(preset, spec)
     seed_everything(train_cfg.seed)  # identical initial weights on every rank
-    if init_from is not None:
-        model = init_model_from(init_from, preset, dataset)
-    else:
-        model = build_decision_model(
+
+    def build() -> torch.nn.Module:
+        return build_decision_model(
             preset["model"],
             dataset.obs_dim,
             dataset.act_dim,
@@ -236,6 +235,16 @@ def run_training(
             reward_scale=spec.reward_scale,
             return_max=float(dataset.rtg.max()),
         )
+
+    sizes = {k: preset["model"].get(k) for k in ("d_model", "n_layers", "d_ff", "max_timestep")}
+    check_model_fits(  # counted on the meta device: the statistics do not change the size
+        lambda: build_decision_model(preset["model"], dataset.obs_dim, dataset.act_dim),
+        ctx.device,
+        ", ".join(f"model.{k}={v}" for k, v in sizes.items() if v is not None)
+        + f" ({preset['source']}{' with the --set overrides' if overrides else ''})",
+        "lower model.d_model (or n_layers, d_ff) in the preset or with --set",
+    )
+    model = init_model_from(init_from, preset, dataset) if init_from is not None else build()
     trainer = Trainer(
         model,
         dataset,
@@ -302,7 +311,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--agent", default="decision-aaren", help="agent preset name or .yaml path")
     parser.add_argument("--task", required=True, help="task preset name (envs/*.yaml) or path")
     parser.add_argument("--steps", type=int, default=None, help="total optimiser steps")
-    parser.add_argument("--seed", type=int, default=None, help="seed (default: the preset's)")
+    parser.add_argument(
+        "--seed", type=seed_value, default=None, help="seed (default: the preset's)"
+    )
     parser.add_argument("--out", default=None, help="output folder (runs/AGENT/TASK/seedS)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     parser.add_argument(
@@ -350,14 +361,8 @@ def run(args: argparse.Namespace) -> int:
     except NonFiniteLossError as exc:
         print(f"aaren-rl train: stopped: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt as exc:  # TrainingInterrupted: SIGINT or SIGTERM, checkpoint written
-        signum = getattr(exc, "signum", signal.SIGINT)
-        print(
-            f"aaren-rl train: interrupted ({signal.Signals(signum).name}); run the same command "
-            "with --resume to continue",
-            file=sys.stderr,
-        )
-        return 128 + int(signum)
+    except KeyboardInterrupt as exc:  # SIGINT or SIGTERM: see aaren_rl.cli.interrupted_exit
+        return interrupted_exit("train", exc)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"trained steps {result.start_step}..{result.end_step} -> {result.out_dir}")
         for rec in result.evaluations:

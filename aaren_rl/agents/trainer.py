@@ -243,6 +243,7 @@ class Trainer(TrainingLoop):
         self.task_dict = task_to_dict(task)
         self.agent_config = dict(agent_config or {})
         self._evaluate_fn = evaluate_fn
+        self.dataset = dataset
         context = int(getattr(getattr(model, "config", None), "context", 20))
         super().__init__(
             model,
@@ -261,6 +262,23 @@ class Trainer(TrainingLoop):
     def checkpoint_fields(self) -> dict[str, Any]:
         return checkpoint_fields(
             self.model, self.agent_config, self.cfg.to_dict(), self.task_dict, extra=None
+        )
+
+    def data_identity(self) -> dict[str, Any]:
+        """The task (name, environment) and the dataset's content: a resume on another task or
+        other data (even of the same shapes) is refused."""
+        from aaren_rl.training.fingerprint import data_identity
+
+        arrays = {
+            name: getattr(self.dataset, name, None)
+            for name in ("observations", "actions", "rewards", "episode_starts", "episode_lengths")
+        }
+        label = getattr(self.dataset, "source", None) or self.task_dict.get("dataset")
+        return data_identity(
+            arrays,
+            str(label),
+            task=self.task_dict.get("name"),
+            env_id=self.task_dict.get("env_id"),
         )
 
     # ---------------------------------------------------------------- evaluation

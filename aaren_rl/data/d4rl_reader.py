@@ -194,6 +194,35 @@ def _space_shape(space: Any, role: str) -> tuple[int, ...]:
     return tuple(int(s) for s in shape)
 
 
+def _check_actions_in_box(dataset: TrajectoryDataset, space: Any, source: str) -> None:
+    """Actions outside a bounded Box action space are an error naming the row and the range
+    (a policy trained on them learns actions the environment clips, and a tanh head cannot
+    reach them). A slack of 0.1% of the range allows rounding."""
+    low, high = getattr(space, "low", None), getattr(space, "high", None)
+    if low is None or high is None or getattr(space, "n", None) is not None:
+        return
+    low, high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+    actions = dataset.actions
+    if low.shape != actions.shape[1:] or not (np.isfinite(low).all() and np.isfinite(high).all()):
+        return
+    slack = 1e-3 * (high - low)
+    outside = (actions < low - slack) | (actions > high + slack)
+    if not outside.any():
+        return
+    row, entry = (int(i) for i in np.argwhere(outside)[0])
+    rows = np.flatnonzero(outside.any(axis=1))
+    raise DatasetError.about(
+        source,
+        "actions",
+        f"holds {float(actions[row, entry]):.6g} at row {row} (entry {entry}), outside the "
+        f"environment's action range [{low[entry]:g}, {high[entry]:g}] ({rows.size} rows are "
+        f"outside; largest magnitude {float(np.abs(actions).max()):.6g})",
+        f"actions within the Box {space}",
+        "check that the file was recorded in this environment; if its actions are scaled, "
+        "rescale them to the Box (or clip them with numpy.clip)",
+    )
+
+
 def check_spaces(dataset: TrajectoryDataset, env_spaces: Any, source: str | None = None) -> None:
     """Check that the dataset's vectors fit the environment's spaces.
 
@@ -207,7 +236,8 @@ def check_spaces(dataset: TrajectoryDataset, env_spaces: Any, source: str | None
     are stored in these files).
 
     Raises:
-        DatasetError: ``observations`` or ``actions`` have another shape than the space.
+        DatasetError: ``observations`` or ``actions`` have another shape than the space, or
+            actions lie outside a bounded Box action space.
     """
     if hasattr(env_spaces, "observation_space") and hasattr(env_spaces, "action_space"):
         obs_space, act_space = env_spaces.observation_space, env_spaces.action_space
@@ -227,12 +257,14 @@ def check_spaces(dataset: TrajectoryDataset, env_spaces: Any, source: str | None
                 f"[N, {int(np.prod(shape)) if shape else 1}] to match {space}",
                 "use the dataset recorded in this environment (check the task's env_id and dataset)",
             )
+    _check_actions_in_box(dataset, act_space, source)
 
 
 def load_d4rl(
     path_or_name: str | Path,
     env_spaces: Any = None,
     max_episode_steps: int | None = None,
+    cut_unflagged: bool = False,
 ) -> TrajectoryDataset:
     """Load a D4RL-layout HDF5 file as episodes.
 
@@ -240,6 +272,9 @@ def load_d4rl(
         path_or_name: a file path, ``builtin:NAME`` or a dataset name.
         env_spaces: optional ``(observation_space, action_space)`` or env; shapes are checked.
         max_episode_steps: also end episodes after this many steps (for files without timeouts).
+        cut_unflagged: cut a file with no episode end flagged at all every
+            ``max_episode_steps`` rows (otherwise that is an error; see
+            :meth:`TrajectoryDataset.from_arrays`).
 
     Returns:
         A :class:`TrajectoryDataset` whose ``source`` is the resolved file path.
@@ -254,6 +289,7 @@ def load_d4rl(
         arrays["timeouts"],
         source=path,
         max_episode_steps=max_episode_steps,
+        cut_unflagged=cut_unflagged,
     )
     if env_spaces is not None:
         check_spaces(dataset, env_spaces, path)

@@ -14,6 +14,10 @@ sequences (or JSON Lines, one sequence a line), each an object with the fields
 - optional ``dim_process`` (the number of marks), ``seq_idx``, ``seq_len``, and our own
   optional ``end_time`` (the end of the observation window; default: the last event time).
 
+EasyTPP's own pickles (``.pkl``: ``{"dim_process": K, "train": [[{event}, ...], ...]}``, each
+event a dict of those three fields) are read too, with an unpickler that builds plain dicts,
+lists, numbers and numpy values only (a pickle holding any other object is refused).
+
 Each problem is a :class:`~aaren_rl.data.errors.DatasetError` naming the file, the sequence
 (its index in the file and ``seq_idx``) and the fix.
 """
@@ -22,13 +26,14 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from aaren_rl.data.errors import DatasetError
+from aaren_rl.data.errors import DatasetError, reading
 from aaren_rl.data.seeded_sampler import SeededSampler
 from aaren_rl.files import write_text_atomic
 
@@ -105,7 +110,9 @@ class EventSequences:
 
 
 def _records(path: Path) -> list[Any]:
-    text = path.read_text()
+    if path.suffix.lower() in PICKLE_SUFFIXES or path.read_bytes()[:1] == b"\x80":
+        return _pickle_records(path)
+    text = path.read_text(encoding="utf-8")
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
@@ -123,6 +130,12 @@ def _records(path: Path) -> list[Any]:
                     "a JSON list of sequences or JSON Lines (one sequence object a line)",
                 ) from None
         return data
+    return _split_list(data, path)
+
+
+def _split_list(data: Any, path: Path) -> list[Any]:
+    """The list of sequences in a file's top level: the list itself, or the one list an
+    object holds (``{"train": [...]}``; EasyTPP's pickles add ``dim_process``)."""
     if isinstance(data, dict):  # {"train": [...]} or a single split under one key
         lists = [v for v in data.values() if isinstance(v, list)]
         if len(lists) != 1:
@@ -138,6 +151,109 @@ def _records(path: Path) -> list[Any]:
     return data
 
 
+PICKLE_SUFFIXES = (".pkl", ".pickle")
+# what EasyTPP's pickles may hold besides plain dicts, lists and numbers: numpy scalars and
+# arrays (their constructors build data and run nothing else)
+_PICKLE_ALLOWED = {
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "dtype"),
+    ("numpy", "ndarray"),
+    ("_codecs", "encode"),  # how protocol 2 stores bytes (numpy's scalar payloads)
+}
+
+
+class _RefusedObject(pickle.UnpicklingError):
+    """A pickle that holds a class or function outside :data:`_PICKLE_ALLOWED`."""
+
+
+class _PlainDataUnpickler(pickle.Unpickler):
+    """Unpickles plain data only: any class or function outside :data:`_PICKLE_ALLOWED` is
+    refused (unpickling arbitrary objects runs their code)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _PICKLE_ALLOWED:
+            return super().find_class(module, name)
+        raise _RefusedObject(
+            f"it holds a {module}.{name} object; only plain dicts, lists and numbers are read"
+        )
+
+
+def _pickle_records(path: Path) -> list[Any]:
+    """EasyTPP's pickle layout -> the JSON layout's sequence records.
+
+    The file holds ``{"dim_process": K, "<split>": [sequence, ...]}`` where each sequence is a
+    list of event dicts with ``time_since_start``, ``time_since_last_event`` and
+    ``type_event`` (and ``idx_event``, ``time_since_last_same_event``, ignored). Pickles
+    written by Python 2 (EasyTPP's Gatech files) are read with latin-1 strings."""
+    with open(path, "rb") as handle:
+        try:
+            data = _PlainDataUnpickler(handle, encoding="latin1").load()
+        except MemoryError:  # a corrupt length field: pickle allocates before it reads
+            raise DatasetError.about(
+                path,
+                None,
+                "could not be read: a length inside the pickle asks for more memory than "
+                "there is (the file is corrupt)",
+                "EasyTPP's pickle layout",
+                "use an intact copy of the file",
+            ) from None
+        except _RefusedObject as exc:  # other errors: a truncated or corrupt file (reading())
+            raise DatasetError.about(
+                path,
+                None,
+                f"refused: {exc}",
+                "EasyTPP's pickle layout {'dim_process': K, 'train': [[{event}, ...], ...]}",
+                "convert it to plain dicts and lists, or to the JSON layout",
+            ) from None
+    if not isinstance(data, dict):
+        raise DatasetError.about(
+            path, None, f"a pickle of a {type(data).__name__}", "a dict (EasyTPP's layout)"
+        )
+    dim = data.get("dim_process")
+    records = []
+    for i, seq in enumerate(_split_list(data, path)):
+        if isinstance(seq, dict):  # already one record per sequence
+            records.append(seq)
+            continue
+        if not isinstance(seq, list) or not all(isinstance(e, dict) for e in seq):
+            raise DatasetError.about(
+                path,
+                None,
+                f"sequence {i} is a {type(seq).__name__}, not a list of event dicts",
+                "each sequence a list of {'time_since_start', 'time_since_last_event', "
+                "'type_event'} dicts",
+            )
+        record: dict[str, Any] = {name: [e.get(name) for e in seq] for name in FIELDS}
+        missing = [name for name in FIELDS if any(e.get(name) is None for e in seq)]
+        if missing:
+            raise DatasetError.about(
+                path, None, f"sequence {i}: an event lacks {missing[0]!r}", ", ".join(FIELDS)
+            )
+        if dim is not None:
+            record["dim_process"] = dim
+        records.append(record)
+    return records
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _end_time(value: Any, bad: Any) -> float:
+    """A sequence's ``end_time``: a finite number within float32's range, else ``bad(...)``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        raise bad(f"end_time is {str(value)[:40]!r}, not a number", "a finite end_time")
+    end = float(value)
+    if not np.isfinite(end) or abs(end) > FLOAT32_MAX:
+        raise bad(
+            f"end_time is {end}, not a finite number within float32's range",
+            "a finite end_time (the end of the observation window), or none (the last event)",
+        )
+    return end
+
+
 def load_event_json(path: str | os.PathLike[str], n_marks: int | None = None) -> EventSequences:
     """Read an EasyTPP-layout event file (see the module docstring), checking every sequence.
 
@@ -147,7 +263,12 @@ def load_event_json(path: str | os.PathLike[str], n_marks: int | None = None) ->
     path = Path(path)
     if not path.is_file():
         raise DatasetError.about(path, None, "no such file", fix="pass an EasyTPP-layout .json")
-    records = _records(path)
+    with reading(path, "EasyTPP's layout: a JSON list (or pickle) of event sequences"):
+        return _load_records(path, _records(path), n_marks)
+
+
+def _load_records(path: Path, records: list[Any], n_marks: int | None) -> EventSequences:
+    """Check every record (see :func:`load_event_json`) and gather the sequences."""
     if not records:
         raise DatasetError.about(path, None, "holds no sequences", "at least one sequence")
     times, marks, ends = [], [], []
@@ -180,6 +301,8 @@ def load_event_json(path: str | os.PathLike[str], n_marks: int | None = None) ->
             raise bad("has no events", "drop empty sequences")
         if not (np.all(np.isfinite(t)) and np.all(np.isfinite(gap))):
             raise bad("non-finite time or gap", "finite numbers")
+        if np.abs(t).max() > FLOAT32_MAX or np.abs(gap).max() > FLOAT32_MAX:
+            raise bad("a time or gap overflows float32 (the type they are trained in)", "rescale")
         if t[0] < 0:
             raise bad(f"first time {t[0]} < 0", "times since the start are >= 0")
         steps = np.diff(t)
@@ -212,7 +335,7 @@ def load_event_json(path: str | os.PathLike[str], n_marks: int | None = None) ->
                 + (f" (marks are 0 .. {bound - 1})" if bound is not None else ""),
                 "marks are integers 0 .. n_marks - 1 (dim_process)",
             )
-        end = float(rec.get("end_time", t[-1]))
+        end = _end_time(rec.get("end_time", t[-1]), bad)
         if end < t[-1]:
             raise bad(f"end_time {end} before the last event {t[-1]}", "end_time >= last time")
         if dim is not None:

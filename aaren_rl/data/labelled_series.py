@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from aaren_rl.data.errors import DatasetError
+from aaren_rl.data.errors import DatasetError, reading
 from aaren_rl.data.seeded_sampler import SeededSampler
 
 
@@ -51,16 +51,24 @@ def load_labelled_series(path: str | os.PathLike[str]) -> LabelledSeries:
     if not path.is_file():
         raise DatasetError.about(path, None, "no such file", fix="pass a .ts, .npz or .csv file")
     suffix = path.suffix.lower()
-    if suffix == ".ts":
-        return load_ts(path)
-    if suffix == ".npz":
-        return load_npz(path)
-    if suffix == ".csv":
-        return load_long_csv(path)
-    raise DatasetError.about(path, None, f"unknown extension {suffix!r}", ".ts, .npz or .csv")
+    readers = {".ts": load_ts, ".npz": load_npz, ".csv": load_long_csv}
+    if suffix not in readers:
+        raise DatasetError.about(path, None, f"unknown extension {suffix!r}", ".ts, .npz or .csv")
+    with reading(path, LAYOUTS[suffix]):
+        return readers[suffix](path)
+
+
+LAYOUTS = {
+    ".ts": "a UEA/sktime .ts file (header lines, @data, then one case a line)",
+    ".npz": "a NumPy .npz holding X [N, T, C] numbers, y [N] labels, optional lengths [N]",
+    ".csv": "a long CSV: series,label,channel1,... then one row per time step",
+}
 
 
 # ----------------------------------------------------------------------------- .ts
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _parse_number(path: Path, line_no: int, channel: int, text: str) -> float:
@@ -82,9 +90,12 @@ def _parse_number(path: Path, line_no: int, channel: int, text: str) -> float:
             f"line {line_no}: channel {channel}: {text[:40]!r} is not a number",
             "comma-separated numbers",
         ) from None
-    if not math.isfinite(value):
+    if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
         raise DatasetError.about(
-            path, None, f"line {line_no}: channel {channel}: {text!r}", "finite numbers"
+            path,
+            None,
+            f"line {line_no}: channel {channel}: {text[:40]!r}",
+            "finite numbers within float32's range",
         )
     return value
 
@@ -118,6 +129,14 @@ def check_ts_file(path: str | os.PathLike[str]) -> dict[str, Any]:
                 if tag == "@data":
                     data_started = True
                 elif tag == "@dimensions" and len(words) > 1:
+                    if not words[1].isdigit() or int(words[1]) < 1:
+                        raise DatasetError.about(
+                            path,
+                            None,
+                            f"line {line_no}: @dimensions {words[1][:20]!r} is not a positive "
+                            "integer",
+                            "@dimensions N (the number of channels)",
+                        )
                     header["dimensions"] = int(words[1])
                 elif tag == "@classlabel" and len(words) > 1 and words[1].lower() == "true":
                     header["classes"] = words[2:]
@@ -210,23 +229,60 @@ def shipped_uea_file(name: str, split: str) -> Path:
 
 
 def load_npz(path: str | os.PathLike[str]) -> LabelledSeries:
-    """``X [N, T, C]``, ``y [N]``, optional ``lengths [N]`` from a ``.npz`` file."""
+    """``X [N, T, C]``, ``y [N]``, optional ``lengths [N]`` from a ``.npz`` file.
+
+    Raises :class:`DatasetError` naming the file and the key for: a truncated or corrupt
+    archive, a missing key, Python objects (never unpickled), text where numbers belong, wrong
+    shapes, lengths that are not integers in ``1..T``, NaN or inf in a series."""
     path = Path(path)
-    with np.load(path, allow_pickle=False) as data:
-        for key in ("X", "y"):
+    with reading(path, LAYOUTS[".npz"]), np.load(path, allow_pickle=False) as data:
+        arrays = {}
+        for key in ("X", "y", "lengths"):
             if key not in data:
+                if key == "lengths":
+                    continue
                 raise DatasetError.about(path, key, "missing", "arrays X [N,T,C] and y [N]")
-        x = np.asarray(data["X"], dtype=np.float32)
-        y = np.asarray(data["y"]).astype(str)
-        lengths = np.asarray(data["lengths"]) if "lengths" in data else None
-    if x.ndim != 3 or len(y) != len(x):
+            try:
+                arrays[key] = np.asarray(data[key])
+            except ValueError as exc:  # "Object arrays cannot be loaded when allow_pickle=False"
+                raise DatasetError.about(
+                    path,
+                    key,
+                    f"holds Python objects ({exc}); they are never unpickled",
+                    "numeric arrays (and y as numbers or fixed-width strings)",
+                    "save plain arrays: np.savez(path, X=np.asarray(X, float), y=np.asarray(y))",
+                ) from None
+    x, y, lengths = arrays["X"], arrays["y"], arrays.get("lengths")
+    if x.dtype.kind not in "biuf":
+        raise DatasetError.about(path, "X", f"has dtype {x.dtype}", "numbers [N, T, C]")
+    if x.ndim != 3 or y.ndim != 1 or len(y) != len(x) or 0 in x.shape:
         raise DatasetError.about(
-            path, "X", f"shape {x.shape} with {len(y)} labels", "[N, T, C] and y [N]"
+            path, "X", f"shape {x.shape} with y of shape {y.shape}", "X [N, T, C] and y [N]"
         )
+    if y.dtype.kind not in "biuUS":
+        raise DatasetError.about(path, "y", f"has dtype {y.dtype}", "integer or string labels")
+    y = y.astype(str)
+    x = x.astype(np.float64)
+    if np.abs(x[np.isfinite(x)]).max(initial=0.0) > np.finfo(np.float32).max:
+        raise DatasetError.about(path, "X", "holds values past float32's range", "float32")
+    x = x.astype(np.float32)
     if lengths is None:
         lengths = np.full(len(x), x.shape[1])
+    if (
+        lengths.ndim != 1
+        or len(lengths) != len(x)
+        or lengths.dtype.kind not in "biuf"
+        or not np.all(np.isfinite(lengths))
+        or not np.all(np.mod(lengths, 1) == 0)
+    ):
+        raise DatasetError.about(
+            path,
+            "lengths",
+            f"has shape {lengths.shape} and dtype {lengths.dtype}",
+            f"[{len(x)}] integers (the real steps of each series)",
+        )
     series = []
-    for i, n in enumerate(lengths):
+    for i, n in enumerate(lengths.astype(np.int64)):
         if not 1 <= int(n) <= x.shape[1]:
             raise DatasetError.about(path, "lengths", f"row {i}: {n}", f"1..{x.shape[1]}")
         s = x[i, : int(n)]

@@ -1,6 +1,15 @@
 """``aaren-rl make-dataset TASK``: D4RL's recipe rebuilt on Gymnasium MuJoCo v5 with SB3 SAC.
 
-One SAC behaviour policy is trained per task. Every ``--eval-freq`` steps it is evaluated
+By default the behaviour policies shipped in the wheel (``aaren_rl/assets/policies``: the SAC
+actors of hopper medium and expert, halfcheetah and walker2d medium, listed in its
+``policies.json``) are rolled out: ``aaren-rl make-dataset hopper-medium`` writes
+``hopper-medium-v5`` without training anything. ``--policies FOLDER`` takes
+``TASK-LEVEL-sac.zip`` or ``TASK-LEVEL-actor.pt`` files from another folder. A level that needs
+SAC's own training (``medium-replay``, which is its replay buffer, or a policy not shipped)
+is a clear error unless ``--train-sac`` is given; then the build trains as below (hours on a CPU
+for the D4RL budget).
+
+With ``--train-sac`` one SAC behaviour policy is trained per task. Every ``--eval-freq`` steps it is evaluated
 (stochastic actions, ``--eval-episodes`` episodes); the first time the mean return reaches
 ``--medium-fraction`` of the expert reference (D4RL v2's, unless ``--expert-return`` is given)
 the policy is saved as *medium* and the replay buffer up to that step becomes *medium-replay*.
@@ -9,15 +18,19 @@ level needs the expert). The expert is the final policy, as in D4RL, or with ``-
 best`` the best-evaluated one after the medium snapshot (SAC's evaluation return swings by
 thousands between evaluations on Hopper when the budget is far below D4RL's 1M steps; every
 evaluation is kept in ``progress.json``, and the dataset's own returns are what report the
-level). Each policy is rolled out for ``--transitions`` steps with actions
+level). Each policy is rolled out for ``--transitions`` steps (default 100,000; D4RL's
+datasets hold 1,000,000) with actions
 sampled from its stochastic policy; *random* draws actions uniformly; *medium-expert* is medium
 followed by expert. Files (D4RL HDF5, optionally Minari) are written atomically and never
 replace an existing file unless ``--overwrite``; the v5 reference scores measured here (random
 mean, expert mean) go to ``<task>-v5-references.json`` beside the datasets.
 
-Training checkpoints the model and its replay buffer every ``--checkpoint-freq`` steps in the
-work folder; running the same command again continues from the last checkpoint, and outputs
-already written by this build are not redone.
+Training checkpoints the model (``sac.zip``) and the filled rows of its replay buffer
+(``replay_buffer.npz``: the transitions stored so far, about 0.2 KB per SAC step on Hopper, not
+the preallocated ``--buffer-size``) every ``--checkpoint-freq`` steps in the work folder.
+Running the same command again continues from the last checkpoint with the same replay buffer,
+and outputs already written by this build are not redone; medium-replay, asked for later, is
+read from the checkpoint's buffer.
 """
 
 from __future__ import annotations
@@ -44,7 +57,8 @@ from aaren_rl.data.behaviour import (
     uniform_policy,
 )
 from aaren_rl.data.d4rl_writer import episode_bounds, write_d4rl
-from aaren_rl.data.paths import data_dir
+from aaren_rl.data.paths import SHIPPED_POLICY_DIR, data_dir
+from aaren_rl.data.sac_actor import find_policy, load_behaviour_policy
 from aaren_rl.files import write_text_atomic
 
 
@@ -65,6 +79,7 @@ TASKS: dict[str, TaskInfo] = {
     "ant": TaskInfo("Ant-v5", -325.6, 3879.7),
 }
 LEVELS = ("random", "medium", "medium-replay", "expert", "medium-expert")
+SHIPPED_POLICIES = SHIPPED_POLICY_DIR
 GENERATOR = "aaren-rl make-dataset"
 
 
@@ -90,8 +105,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--policies",
         default=None,
-        help="folder of behaviour policies TASK-{medium,expert}-sac.zip (default OUT/policies); "
-        "policies found there are reused instead of trained",
+        help="folder of behaviour policies TASK-{medium,expert}-sac.zip or -actor.pt (default: "
+        "the policies shipped in the wheel; with --train-sac, OUT/policies); policies found "
+        "there are rolled out instead of trained",
+    )
+    parser.add_argument(
+        "--train-sac",
+        action="store_true",
+        help="train SB3 SAC for the levels no policy covers, and for medium-replay (its replay "
+        "buffer): D4RL's full recipe, hours on a CPU; checkpointed and resumable",
     )
     parser.add_argument("--env-id", default=None, help="override the Gymnasium env id")
     parser.add_argument("--total-steps", type=int, default=1_000_000, help="SAC steps (expert)")
@@ -104,7 +126,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="expert return the medium threshold is a fraction of (default D4RL v2 reference)",
     )
-    parser.add_argument("--transitions", type=int, default=1_000_000, help="steps per rollout")
+    parser.add_argument(
+        "--transitions",
+        type=int,
+        default=100_000,
+        help="steps per rollout (default 100,000: under a minute on one CPU thread; D4RL's "
+        "datasets hold 1,000,000, several minutes)",
+    )
     parser.add_argument(
         "--max-episodes", type=int, default=None, help="at most this many episodes per rollout"
     )
@@ -246,7 +274,10 @@ class Build:
         self.threshold = args.medium_fraction * self.expert_return
         self.out = Path(args.out) if args.out else data_dir()
         self.work = Path(args.work_dir or f"runs/make-dataset/{self.task}-seed{args.seed}")
-        self.policies = Path(args.policies) if args.policies else self.out / "policies"
+        if args.policies:
+            self.policies = Path(args.policies)
+        else:
+            self.policies = self.out / "policies" if args.train_sac else SHIPPED_POLICIES
         self.progress = Progress.load(self.work / "progress.json")
         self.compression = None if args.compression == "none" else args.compression
         self.log = print if not args.quiet else (lambda *a, **k: None)
@@ -261,7 +292,12 @@ class Build:
         return self.out / f"{dataset_name(self.task, level, self.args.suffix)}.hdf5"
 
     def policy_path(self, level: str) -> Path:
+        """Where training saves the ``level`` policy (an SB3 SAC zip)."""
         return self.policies / f"{self.task}-{level}-sac.zip"
+
+    def find_policy(self, level: str) -> Path | None:
+        """The ``level`` policy to roll out: a SAC zip or an actor file in the policy folder."""
+        return find_policy(self.policies, self.task, level)
 
     def max_episode_steps(self) -> int | None:
         env = self.make_env()
@@ -297,11 +333,26 @@ class Build:
         return todo
 
     # ---- training
+    def no_training_message(self, todo: list[str]) -> str:
+        """Why this build would need SAC training, and the two ways on."""
+        why = []
+        if "medium-replay" in todo:
+            why.append("medium-replay is the replay buffer of a SAC run")
+        for level in ("medium", "expert"):
+            if any(lv in todo for lv in (level, "medium-expert")) and not self.find_policy(level):
+                why.append(f"no {self.task}-{level} policy in {self.policies}")
+        shipped = sorted(p.name for p in SHIPPED_POLICIES.glob("*-actor.pt"))
+        return (
+            f"make-dataset: {'; '.join(why)}. Fix: pass --train-sac to train SB3 SAC here "
+            "(hours on a CPU; resumable), or --policies FOLDER holding "
+            f"{self.task}-LEVEL-sac.zip or -actor.pt files. Shipped policies: {', '.join(shipped)}"
+        )
+
     def needs_training(self, todo: list[str]) -> tuple[bool, bool]:
         """(train at all, train past medium to the expert)."""
         need_medium = (
             any(lv in todo for lv in ("medium", "medium-expert"))
-            and not self.policy_path("medium").exists()
+            and self.find_policy("medium") is None
         )
         need_replay = "medium-replay" in todo
         # A build that trains its own SAC and is asked for more steps than it has trained
@@ -311,7 +362,7 @@ class Build:
             bool(self.progress.fields.get("checkpoint")) and trained < self.args.total_steps
         )
         need_expert = any(lv in todo for lv in ("expert", "medium-expert")) and (
-            not self.policy_path("expert").exists() or more_steps
+            self.find_policy("expert") is None or more_steps
         )
         return (need_medium or need_replay or need_expert), need_expert
 
@@ -326,7 +377,7 @@ class Build:
         ckpt = prog.get("checkpoint")
         if ckpt and Path(ckpt, "sac.zip").exists():
             model = SAC.load(Path(ckpt, "sac.zip"), env=env, device=args.device, tensorboard_log=tb)
-            model.load_replay_buffer(Path(ckpt, "replay_buffer.pkl"))
+            load_replay_rows(model.replay_buffer, Path(ckpt, REPLAY_FILE))
             # SB3 does not save RNG states: reseed from (seed, step) so a resumed run is seeded.
             set_random_seed(args.seed + model.num_timesteps, using_cuda=True)
             env.reset(seed=args.seed + model.num_timesteps)
@@ -423,18 +474,19 @@ class Build:
         """Write medium-replay from the last checkpoint's replay buffer, which still holds every
         transition up to the medium snapshot (the buffer never wraps)."""
         medium, ckpt = self.progress.fields.get("medium"), self.progress.fields.get("checkpoint")
-        if not medium or not ckpt or not Path(ckpt, "replay_buffer.pkl").exists():
+        if not medium or not ckpt or not Path(ckpt, REPLAY_FILE).exists():
             return
         from stable_baselines3 import SAC
 
         model = SAC.load(Path(ckpt, "sac.zip"), device="cpu")
-        model.load_replay_buffer(Path(ckpt, "replay_buffer.pkl"))
+        load_replay_rows(model.replay_buffer, Path(ckpt, REPLAY_FILE))
         n = medium["buffer_transitions"]
         data = replay_buffer_to_arrays(model.replay_buffer, n, unscale=model.policy.unscale_action)
         self.write_dataset("medium-replay", data, {}, extra={"sac_step": int(n)})
 
     def save_checkpoint(self, model) -> None:
-        """Model + replay buffer in a fresh folder, then point progress.json at it."""
+        """Model + the replay buffer's filled rows in a fresh folder, then point progress.json
+        at it (a kill at any point leaves the previous checkpoint in use)."""
         step = int(model.num_timesteps)
         folder = self.work / "checkpoints" / f"step-{step:09d}"
         if self.progress.fields.get("checkpoint") == str(folder) and (folder / "sac.zip").exists():
@@ -443,7 +495,7 @@ class Build:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         model.save(tmp / "sac.zip")
-        model.save_replay_buffer(tmp / "replay_buffer.pkl")
+        save_replay_rows(model.replay_buffer, tmp / REPLAY_FILE)
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
         old = self.progress.fields.get("checkpoint")
@@ -466,19 +518,15 @@ class Build:
 
     # ---- rollouts and files
     def rollout(self, level: str) -> list[Episode]:
-        from stable_baselines3 import SAC
-
         offsets = {"random": 1_000_000, "medium": 2_000_000, "expert": 3_000_000}
         seed = self.args.seed + offsets[level]
         if level == "random":
             act = uniform_policy(self.make_env().action_space, seed)
         else:
-            model = SAC.load(self.policy_path(level), device=self.args.device)
+            path = self.find_policy(level)
+            model, sac_step = load_behaviour_policy(path, device=self.args.device)
             act = sb3_policy(model, deterministic=False)
-            self.policy_used[level] = {
-                **_file_info(self.policy_path(level)),
-                "sac_step": int(model.num_timesteps),
-            }
+            self.policy_used[level] = {**_file_info(path), "sac_step": sac_step}
         return collect_episodes(
             self.make_env,
             act,
@@ -586,9 +634,9 @@ class Build:
             "sac_steps_trained_here": self.progress.fields.get("num_timesteps", 0),
             "medium": self.progress.fields.get("medium"),
             "policies": {
-                level: _file_info(self.policy_path(level))
+                level: _file_info(path)
                 for level in ("medium", "expert")
-                if self.policy_path(level).exists()
+                if (path := self.find_policy(level)) is not None
             },
             "references": refs,
             "datasets": datasets,
@@ -652,6 +700,8 @@ class Build:
             )
         self.progress.save()
         train, to_expert = self.needs_training(todo)
+        if train and not self.args.train_sac:
+            raise SystemExit(self.no_training_message(todo))
         if train and not self.train(to_expert):
             self.log(
                 f"[make-dataset] stopped after --train-steps-per-run at step "
@@ -693,6 +743,41 @@ class Build:
         self.write_summary()
         self.log(f"[make-dataset] done; summary in {self.summary_path}")
         return 0
+
+
+REPLAY_FILE = "replay_buffer.npz"
+REPLAY_FIELDS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+
+
+def save_replay_rows(buffer, path: Path) -> None:
+    """Write the filled rows of an SB3 ``ReplayBuffer`` (``[n, n_envs, ...]`` each) to ``path``.
+
+    SB3's ``save_replay_buffer`` pickles the whole preallocated buffer (200 MB for Hopper at
+    ``buffer_size`` 1M, however few steps are stored); this keeps only the ``n`` rows filled so
+    far, so the file grows with the steps trained (about 0.2 KB a step on Hopper).
+    """
+    n = buffer.buffer_size if buffer.full else buffer.pos
+    rows = {name: getattr(buffer, name)[:n] for name in REPLAY_FIELDS}
+    with open(path, "wb") as handle:
+        np.savez(handle, pos=buffer.pos, full=buffer.full, buffer_size=buffer.buffer_size, **rows)
+
+
+def load_replay_rows(buffer, path: Path) -> None:
+    """Fill an SB3 ``ReplayBuffer`` with the rows :func:`save_replay_rows` wrote to ``path``;
+    ``pos`` and ``full`` as they were, so SAC trains on from exactly the stored transitions."""
+    with np.load(path) as saved:
+        n = len(saved["rewards"])
+        if n > buffer.buffer_size:
+            raise ValueError(
+                f"{path}: holds {n} transitions, more than the buffer's {buffer.buffer_size}. "
+                "Fix: give --buffer-size of at least that"
+            )
+        for name in REPLAY_FIELDS:
+            getattr(buffer, name)[:n] = saved[name]
+        if int(saved["buffer_size"]) == buffer.buffer_size:
+            buffer.pos, buffer.full = int(saved["pos"]), bool(saved["full"])
+        else:  # a buffer that never wrapped, loaded into one of another size
+            buffer.pos, buffer.full = n % buffer.buffer_size, n == buffer.buffer_size
 
 
 def grow_replay_buffer(buffer, size: int):

@@ -17,6 +17,10 @@ from aaren_rl.data.errors import DatasetError
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "assets" / "datasets"
+SHIPPED_POLICY_DIR = BUILTIN_DIR.parent / "policies"  # make-dataset's behaviour policies
+# the behaviour policies each make-dataset level rolls out (medium-replay: SAC's replay buffer)
+_LEVEL_POLICIES = {"random": (), "medium": ("medium",), "expert": ("expert",)}
+_LEVEL_POLICIES["medium-expert"] = ("medium", "expert")
 DATASET_SUFFIXES = (".hdf5", ".h5")
 
 
@@ -60,9 +64,23 @@ def _file_names(name: str) -> list[str]:
 
 def _build_hint(name: str) -> str:
     task = name.rsplit("-v", 1)[0] if "-v" in name else name
+    env, _, level = task.partition("-")
+    needs = _LEVEL_POLICIES.get(level)
+    shipped = needs is not None and all(
+        (SHIPPED_POLICY_DIR / f"{env}-{lv}-actor.pt").is_file() for lv in needs
+    )
+    if shipped:
+        how = (
+            f"build it in under a minute with `aaren-rl make-dataset {task}` (rolls out the "
+            f"behaviour policy shipped with aaren-rl; writes into {data_dir()})"
+        )
+    else:
+        how = (
+            f"build it with `aaren-rl make-dataset {task} --train-sac` (trains SAC: hours on a "
+            f"CPU; writes into {data_dir()})"
+        )
     return (
-        f"build it with `aaren-rl make-dataset {task}` (writes into {data_dir()}), "
-        "set AAREN_RL_DATA_DIR or D4RL_DATASET_DIR to the folder that holds it, "
+        f"{how}, set AAREN_RL_DATA_DIR or D4RL_DATASET_DIR to the folder that holds it, "
         "or pass the file's path"
     )
 

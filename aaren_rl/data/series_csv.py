@@ -20,10 +20,11 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from aaren_rl.data.errors import DatasetError
+from aaren_rl.data.errors import DatasetError, reading
 from aaren_rl.data.seeded_sampler import SeededSampler
 
 SPLITS = ("auto", "ett-hour", "ett-minute", "ratio")
@@ -39,6 +40,16 @@ class SeriesTable:
     dates: list[str]
     values: np.ndarray
     columns: list[str]
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+TIME_COLUMN_WORDS = ("date", "time", "stamp", "ds", "index", "step")
+
+
+def _time_column_name(name: str) -> bool:
+    """A header that names a time axis (``date``, ``timestamp``, ``ds``, ``time_idx``...)."""
+    lowered = name.lower()
+    return lowered in ("t", "ds") or any(w in lowered for w in TIME_COLUMN_WORDS if len(w) > 2)
 
 
 def _looks_numeric(text: str) -> bool:
@@ -60,7 +71,12 @@ def load_series_csv(path: str | os.PathLike[str], columns: list[str] | None = No
     path = Path(path)
     if not path.is_file():
         raise DatasetError.about(path, None, "no such file", fix="pass the path of a CSV file")
-    with open(path, newline="") as handle:
+    with reading(path, "a CSV: a header date,channel1,..., then one row per time step"):
+        return _read_series_csv(path, columns)
+
+
+def _read_series_csv(path: Path, columns: list[str] | None) -> SeriesTable:
+    with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle)
         try:
             header = next(reader)
@@ -78,6 +94,17 @@ def load_series_csv(path: str | os.PathLike[str], columns: list[str] | None = No
                 "add a header row such as date,HUFL,OT",
             )
         channel_names = header[1:]
+        repeated = sorted({c for c in header if header.count(c) > 1})
+        if repeated:
+            where = [i + 1 for i, c in enumerate(header) if c == repeated[0]]
+            raise DatasetError.about(
+                path,
+                repeated[0],
+                f"line 1: the header names column {repeated[0]!r} {len(where)} times (columns "
+                f"{where})",
+                "one column per name",
+                "rename or remove the repeated column",
+            )
         if columns is not None:
             missing = [c for c in columns if c not in channel_names]
             if missing:
@@ -94,6 +121,7 @@ def load_series_csv(path: str | os.PathLike[str], columns: list[str] | None = No
         dates: list[str] = []
         rows: list[list[float]] = []
         width = len(header)
+        time_named = _time_column_name(header[0])
         for line_no, row in enumerate(reader, start=2):
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue  # blank line
@@ -135,7 +163,27 @@ def load_series_csv(path: str | os.PathLike[str], columns: list[str] | None = No
                         "a finite number",
                         "fill or interpolate the missing value",
                     )
+                if abs(value) > FLOAT32_MAX:
+                    raise DatasetError.about(
+                        path,
+                        name,
+                        f"line {line_no}: {text[:40]!r} overflows float32 (largest "
+                        f"{FLOAT32_MAX:.4g}), the type series are trained in",
+                        "values within float32's range",
+                        "rescale the column (or fix the value)",
+                    )
                 numbers.append(value)
+            if not dates and not time_named and _looks_numeric(row[0].strip()):
+                raise DatasetError.about(
+                    path,
+                    header[0],
+                    f"line {line_no}: the first column {header[0]!r} holds a number "
+                    f"({row[0].strip()[:20]!r}), not a timestamp: the file seems to have no "
+                    "date column, and its first channel would be read as the time",
+                    "a first column of timestamps (e.g. 2016-07-01 00:00:00), then the channels",
+                    "add a date column first; a numeric time column must be named date, time, "
+                    "timestamp, step or index",
+                )
             dates.append(row[0].strip())
             rows.append(numbers)
     if len(rows) < 2:
@@ -147,17 +195,24 @@ def load_series_csv(path: str | os.PathLike[str], columns: list[str] | None = No
 
 
 def split_kind(path: str | os.PathLike[str], split: str = "auto") -> str:
-    """``auto`` -> ``ett-hour`` for ETTh* files, ``ett-minute`` for ETTm*, else ``ratio``."""
+    """``auto`` -> ``ett-hour`` for ETTh* files, ``ett-minute`` for ETTm*, else ``ratio``
+    (the file name's case is ignored: ``etth2.csv`` is an ETT hourly file)."""
+    return split_choice(path, split)[0]
+
+
+def split_choice(path: str | os.PathLike[str], split: str = "auto") -> tuple[str, str]:
+    """The split kind and how it was chosen (a sentence for ``results.json``)."""
     if split not in SPLITS:
-        raise ValueError(f"split={split!r}: expected one of {SPLITS}")
+        raise ValueError(f"--split {split!r}: expected one of {SPLITS}")
     if split != "auto":
-        return split
-    stem = Path(path).name
-    if stem.startswith("ETTh"):
-        return "ett-hour"
-    if stem.startswith("ETTm"):
-        return "ett-minute"
-    return "ratio"
+        return split, f"--split {split}"
+    name = Path(path).name
+    lowered = name.lower()
+    if lowered.startswith("etth"):
+        return "ett-hour", f"--split auto: the file name {name!r} starts with ETTh (any case)"
+    if lowered.startswith("ettm"):
+        return "ett-minute", f"--split auto: the file name {name!r} starts with ETTm (any case)"
+    return "ratio", f"--split auto: the file name {name!r} is not an ETT one (ETTh*, ETTm*)"
 
 
 def split_borders(n_rows: int, input_len: int, kind: str) -> dict[str, tuple[int, int]]:
@@ -239,6 +294,7 @@ class ForecastData:
     std: np.ndarray
     input_len: int
     horizon: int
+    split_how: str = ""
 
     @classmethod
     def from_csv(
@@ -252,7 +308,7 @@ class ForecastData:
         """Load, split and standardise; a split too short for one window is an error naming
         the file and the line where that split ends."""
         table = load_series_csv(path, columns)
-        kind = split_kind(path, split)
+        kind, how = split_choice(path, split)
         borders = split_borders(len(table.values), input_len, kind)
         need = input_len + horizon
         for name, (start, end) in borders.items():
@@ -282,7 +338,17 @@ class ForecastData:
             std.astype(np.float32),
             int(input_len),
             int(horizon),
+            how,
         )
+
+    def split_record(self) -> dict[str, Any]:
+        """The split for ``results.json``: kind, how it was chosen, each split's data rows
+        (0-based ``[start, end)``, val and test starting ``input_len`` early)."""
+        return {
+            "kind": self.kind,
+            "chosen": self.split_how,
+            "borders": {name: list(b) for name, b in self.borders.items()},
+        }
 
     def windows(self, name: str) -> ForecastWindows:
         return ForecastWindows(self.splits[name], self.input_len, self.horizon)

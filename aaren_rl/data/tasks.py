@@ -33,7 +33,7 @@ from aaren_rl.config_values import BadValue, integer, number, number_list, show,
 from aaren_rl.data.errors import DatasetError
 from aaren_rl.data.paths import BUILTIN_PREFIX, DATASET_SUFFIXES
 from aaren_rl.data.scores import normalized_score
-from aaren_rl.data.trajectories import TrajectoryDataset
+from aaren_rl.data.trajectories import TrajectoryDataset, check_return_scale
 
 DATASET_FORMATS = ("d4rl", "minari")
 EXAMPLES: dict[str, str] = {
@@ -46,7 +46,9 @@ EXAMPLES: dict[str, str] = {
     "target_returns": "[3600, 1800]",
     "reference_scores": "{d4rl-v2: [-20.272305, 3234.3], use: d4rl-v2}",
     "reference_source": "d4rl-v2",
+    "episode_ends": "flags",
 }
+EPISODE_ENDS = ("flags", "time-limit")
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,9 @@ class TaskSpec:
         reference_source: which table those come from (``d4rl-v2``, ``measured-v5``).
         reference_table: every table the spec file gives, by name.
         spec_path: the YAML file the spec was read from, if any.
+        episode_ends: ``flags`` (episodes end where ``terminals``/``timeouts`` say; a file
+            with no flag at all is an error) or ``time-limit`` (such a file is one stream,
+            cut every ``max_episode_steps`` rows).
     """
 
     name: str
@@ -80,6 +85,7 @@ class TaskSpec:
         default_factory=dict, compare=False, hash=False
     )
     spec_path: str | None = field(default=None, compare=False, hash=False)
+    episode_ends: str = "flags"
 
     def load_dataset(self, check_spaces: bool = True) -> TrajectoryDataset:
         """Load this task's dataset; with ``check_spaces`` its shapes are checked against the env's.
@@ -94,10 +100,18 @@ class TaskSpec:
             dataset = load_minari(self.dataset)
             if spaces is not None:
                 check(dataset, spaces)
+            check_return_scale(dataset, self.reward_scale, self.spec_path or self.name)
             return dataset
         from aaren_rl.data.d4rl_reader import load_d4rl
 
-        return load_d4rl(self.dataset, env_spaces=spaces, max_episode_steps=self.max_episode_steps)
+        dataset = load_d4rl(
+            self.dataset,
+            env_spaces=spaces,
+            max_episode_steps=self.max_episode_steps,
+            cut_unflagged=self.episode_ends == "time-limit",
+        )
+        check_return_scale(dataset, self.reward_scale, self.spec_path or self.name)
+        return dataset
 
     def env_spaces(self) -> tuple[Any, Any]:
         """``(observation_space, action_space)`` of ``env_id`` (the env is made, then closed)."""
@@ -261,6 +275,9 @@ def task_from_dict(
         scalar=False,
     )
     refs, source, table = _references(raw, path, reference)
+    ends = _string(raw, path, "episode_ends", default="flags")
+    if ends not in EPISODE_ENDS:
+        raise _fail(path, "episode_ends", f"is {ends!r}, not one of {EPISODE_ENDS}")
     return TaskSpec(
         name=_string(raw, path, "name", default=path.stem),
         env_id=_string(raw, path, "env_id"),
@@ -273,6 +290,7 @@ def task_from_dict(
         reference_source=source,
         reference_table=table,
         spec_path=str(path),
+        episode_ends=ends,
     )
 
 

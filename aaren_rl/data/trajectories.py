@@ -146,6 +146,48 @@ def _check_finite(arr: np.ndarray, name: str, source: str) -> None:
     )
 
 
+def _check_returns_fit_float32(rtg: np.ndarray, starts: np.ndarray, source: str) -> None:
+    """Returns-to-go are sums of rewards stored in float32: a sum past its range is an error
+    naming the row and its episode (otherwise it turns into inf, then a NaN loss far from its
+    cause). ``rtg``: ``[N]`` float64 returns-to-go; ``starts``: ``[E]`` episode row offsets."""
+    limit = float(np.finfo(np.float32).max)
+    too_big = ~(np.abs(rtg) <= limit)
+    if not too_big.any():
+        return
+    row = int(np.flatnonzero(too_big)[0])
+    episode = int(np.searchsorted(starts, row, side="right")) - 1
+    raise DatasetError.about(
+        source,
+        "rewards",
+        f"the return-to-go at row {row} (episode {episode}) is {float(rtg[row]):.4g}, which "
+        f"overflows float32 (largest {limit:.4g}), the type returns-to-go are trained in",
+        "rewards whose sums over an episode fit in float32",
+        "rescale the rewards (divide them by a constant; set the task's reward_scale to match) "
+        "or check the file",
+    )
+
+
+SCALED_RETURN_LIMIT = 1e15  # past ~1.8e19 the squares inside a layer norm overflow float32
+
+
+def check_return_scale(dataset: TrajectoryDataset, reward_scale: float, where: str) -> None:
+    """The model reads returns-to-go times ``reward_scale``; values past
+    :data:`SCALED_RETURN_LIMIT` overflow its float32 layers (a NaN loss at the first step).
+    Raises a DatasetError naming the file's rewards and the scale (``where``: the task spec)."""
+    largest = float(np.abs(dataset.rtg).max()) if dataset.rtg.size else 0.0
+    if largest * reward_scale <= SCALED_RETURN_LIMIT:
+        return
+    raise DatasetError.about(
+        dataset.source,
+        "rewards",
+        f"returns-to-go reach {largest:.4g}, {largest * reward_scale:.4g} after reward_scale "
+        f"{reward_scale:g} ({where}): the model's float32 layers overflow past about 1e19",
+        "scaled returns-to-go of order 1 to 1000",
+        f"set reward_scale in {where} to about {1.0 / largest:.3g} (1 / the largest return), "
+        "or check the rewards in the file",
+    )
+
+
 def validate_transitions(
     observations: Any,
     actions: Any,
@@ -320,6 +362,7 @@ class TrajectoryDataset:
         timeouts: Any = None,
         source: str = "<arrays>",
         max_episode_steps: int | None = None,
+        cut_unflagged: bool = False,
     ) -> TrajectoryDataset:
         """Build from D4RL-style flat transitions.
 
@@ -332,8 +375,31 @@ class TrajectoryDataset:
             source: named in errors and kept as :attr:`source`.
             max_episode_steps: also end an episode after this many steps (for files without
                 timeouts), or None.
+            cut_unflagged: data with no episode end at all (terminals and timeouts all 0) and
+                more than ``max_episode_steps`` rows is an error unless this is True (then it
+                is cut every ``max_episode_steps`` rows): without flags, episodes cannot be
+                told apart, and cutting at the time limit glues pieces of different episodes.
         """
         flat = validate_transitions(observations, actions, rewards, terminals, timeouts, source)
+        n = flat["rewards"].shape[0]
+        flagged = bool(flat["terminals"].any() or flat["timeouts"].any())
+        if (
+            not (flagged or cut_unflagged)
+            and max_episode_steps is not None
+            and n > max_episode_steps
+        ):
+            raise DatasetError.about(
+                source,
+                "terminals",
+                f"no step of the {n} transitions ends an episode (terminals all 0, timeouts "
+                f"all 0 or absent), so episodes cannot be delimited; cutting every max_episode_steps={max_episode_steps} rows would glue "
+                "pieces of different episodes together",
+                "a 1 in 'terminals' where an episode ends by failure and in 'timeouts' where it "
+                "hits the time limit",
+                "add those flags to the file; or, if the data is one stream meant to be cut at "
+                "the time limit, set `episode_ends: time-limit` in the task spec "
+                "(cut_unflagged=True)",
+            )
         starts, lengths, terminated, truncated = episode_bounds(
             flat["terminals"], flat["timeouts"], max_episode_steps
         )
@@ -429,7 +495,9 @@ class TrajectoryDataset:
         csum = np.concatenate(([0.0], np.cumsum(rewards, dtype=np.float64)))
         ends = starts + lengths
         episode_end_of_row = np.repeat(ends, lengths)
-        self.rtg = (csum[episode_end_of_row] - csum[:-1]).astype(np.float32)
+        rtg = csum[episode_end_of_row] - csum[:-1]
+        _check_returns_fit_float32(rtg, starts, source)
+        self.rtg = rtg.astype(np.float32)
         self._returns = csum[ends] - csum[starts]
         self.episodes = []
         self.returns_to_go = []

@@ -21,10 +21,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from aaren_rl.cli import _threads, add_threads_argument, apply_threads
+from aaren_rl.cli import (
+    _threads,
+    add_threads_argument,
+    apply_threads,
+    interrupted_exit,
+    seed_value,
+)
 from aaren_rl.files import save_figure_atomic, write_json_atomic, write_text_atomic
 from aaren_rl.heads.fit import BackboneConfig, HeadTrainer
 from aaren_rl.nn.build import BACKBONES
+from aaren_rl.nn.size import check_model_fits
 from aaren_rl.training.config import LoopConfig
 from aaren_rl.training.distributed import DistContext, setup_distributed
 
@@ -70,7 +77,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-every", type=int, default=0, help="0: only at the end")
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--log-every", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_value, default=0)
     p.add_argument("--out", required=True, help="output folder (one sub-folder per backbone)")
     p.add_argument("--resume", action="store_true", help="continue OUT/<backbone>/checkpoint.pt")
     p.add_argument("--device", default="cpu")
@@ -96,14 +103,20 @@ def run(args: argparse.Namespace) -> int:
     from aaren_rl.training.checkpoint import CheckpointError
 
     apply_threads(args.threads)
-    ctx = setup_distributed(args.device)  # under torchrun: DDP, each rank its share
+    try:
+        ctx = setup_distributed(args.device)  # under torchrun: DDP, each rank its share
+    except ValueError as exc:
+        print(f"aaren-rl fit: error: {exc}", file=sys.stderr)
+        return 2
     try:
         names = _backbones(args.backbone)
         data = _load_data(args)
         rows = [fit_one(args, data, name, ctx) for name in names]
     except (DatasetError, ValueError, FileExistsError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"aaren-rl fit: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # SIGINT/SIGTERM: see aaren_rl.cli.interrupted_exit
+        return interrupted_exit("fit", exc)
     finally:
         if ctx.initialized_here and dist.is_initialized():
             dist.destroy_process_group()
@@ -184,6 +197,12 @@ def fit_one(
     device = ctx.device
     seed_everything(config.seed)  # identical initial weights on every rank
     options = _head_options(args)
+    check_model_fits(
+        lambda: head.build_model(data, backbone.build(), **options),
+        device,
+        f"--d-model {args.d_model} --n-layers {args.n_layers} --d-ff {args.d_ff}",
+        "lower --d-model (or --n-layers, --d-ff)",
+    )
     model = head.build_model(data, backbone.build(), **options).to(device)
     trainer = HeadTrainer(
         head,
@@ -287,6 +306,7 @@ def forecast_outputs(model: Any, data: Any, out: Path, device: torch.device) -> 
 
     from aaren_rl.heads.forecast import forecast_windows
     from aaren_rl.nn.backbone import state_nbytes
+    from aaren_rl.plots import backbone_label
 
     windows = data.windows("test")
     pred, target = forecast_windows(model, windows, device)
@@ -315,8 +335,6 @@ def forecast_outputs(model: Any, data: Any, out: Path, device: torch.device) -> 
     ax.plot(range(li), last["x"][0, :, channel], color="0.4", label="input")
     ax.plot(range(li, li + h), target[-1, :, channel], color="k", label="truth")
     ax.plot(range(li, li + h), pred[-1, :, channel], color="tab:red", label="forecast")
-    from aaren_rl.heads.events_cli import backbone_label
-
     ax.set_title(
         f"{backbone_label(model)} forecast head on {data.table.path.name}, channel "
         f"{data.table.columns[channel]}: last test window (input {li}, horizon {h})"
@@ -332,6 +350,7 @@ def forecast_outputs(model: Any, data: Any, out: Path, device: torch.device) -> 
         "stream_state_bytes": state_nbytes(stream.state),
         "stream_vs_parallel_max_abs_diff": stream_diff,
         "test_windows": len(windows),
+        "split": data.split_record(),
     }
 
 
@@ -361,6 +380,7 @@ def classify_outputs(model: Any, data: Any, out: Path, device: torch.device) -> 
 
     from aaren_rl.heads.classify import predict_classes
     from aaren_rl.nn.backbone import state_nbytes
+    from aaren_rl.plots import backbone_label
 
     pred = predict_classes(model, data, "test", device)
     truth = data.targets("test")
@@ -384,8 +404,6 @@ def classify_outputs(model: Any, data: Any, out: Path, device: torch.device) -> 
     ax.set_yticks(range(k), data.classes, fontsize=7)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    from aaren_rl.heads.events_cli import backbone_label
-
     test_file = getattr(data.test, "path", None)
     name = Path(test_file).name if test_file else "test set"
     ax.set_title(

@@ -135,13 +135,6 @@ def event_outputs(model: Any, data: Any, out: Path, device: torch.device) -> dic
 
 
 @torch.no_grad()
-def backbone_label(model: Any) -> str:
-    """``"Aaren"`` or ``"Transformer"`` for a head whose ``backbone`` is one of ours (plot titles);
-    the backbone's class name otherwise."""
-    name = type(getattr(model, "backbone", model)).__name__
-    return {"AarenBackbone": "Aaren", "TransformerBackbone": "Transformer"}.get(name, name)
-
-
 def plot_intensity(
     model: Any, data: Any, row: int, path: Path, device: torch.device, span: float | None = None
 ) -> None:
@@ -151,6 +144,8 @@ def plot_intensity(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from aaren_rl.plots import backbone_label
 
     seqs = data.splits["test"]
     times, marks, start = seqs.times[row], seqs.marks[row], float(seqs.start[row])

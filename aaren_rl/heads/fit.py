@@ -83,6 +83,14 @@ class HeadTrainer(TrainingLoop):
             config = {**config, "backbone": dataclasses.asdict(self.backbone_config)}
         return config
 
+    def data_identity(self) -> dict[str, Any]:
+        """The data's content (and its name, for the message): a resume on another file, even
+        of the same shape, is refused."""
+        from aaren_rl.training.fingerprint import data_identity
+
+        label = self.run_info.get("data") or type(self.data).__name__
+        return data_identity(self.data, str(label), head=self.head.name)
+
     def checkpoint_fields(self) -> dict[str, Any]:
         return {"head": self.head.name, "train_config": self.cfg.to_dict(), **self.run_info}
 

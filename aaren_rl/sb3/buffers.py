@@ -26,7 +26,9 @@ class AarenSequences(NamedTuple):
     ``observations``: ``[N * T, ...]`` (or a dict of them), sequence-major, padding included;
     ``actions``, ``old_values``, ``old_log_prob``, ``advantages``, ``returns``: at the valid
     steps only (``[M, ...]``, ``M = mask.sum()``, in the same order); ``states``: ``[N,
-    state_dim]`` carried into each sequence; ``episode_starts``, ``mask``: ``[N, T]`` bool.
+    state_dim]`` carried into each sequence; ``episode_starts``, ``mask``: ``[N, T]`` bool;
+    ``action_masks``: ``[M, mask_dims]`` bool, the allowed actions at the valid steps (None
+    when the buffer keeps no masks).
     """
 
     observations: torch.Tensor | TensorDict
@@ -38,6 +40,7 @@ class AarenSequences(NamedTuple):
     states: torch.Tensor
     episode_starts: torch.Tensor
     mask: torch.Tensor
+    action_masks: torch.Tensor | None = None
 
 
 def _to_sequences(x: np.ndarray, seq_len: int) -> np.ndarray:
@@ -67,19 +70,36 @@ class _SequenceMixin:
         gae_lambda: float = 1,
         gamma: float = 0.99,
         n_envs: int = 1,
+        mask_dims: int = 0,
     ) -> None:
         self.state_dim = state_dim
+        self.mask_dims = mask_dims
         super().__init__(  # type: ignore[call-arg]  # the SB3 buffer after the mixin
             buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs
         )
 
     def reset(self) -> None:
         self.states = np.zeros((self.buffer_size, self.n_envs, self.state_dim), dtype=np.float32)
+        # every action allowed unless a step's masks say otherwise (sb3-contrib's default)
+        self.action_masks = (
+            np.ones((self.buffer_size, self.n_envs, self.mask_dims), dtype=np.float32)
+            if self.mask_dims
+            else None
+        )
         self._sequence_cache: tuple[int, dict[str, object]] | None = None
         super().reset()  # type: ignore[misc]
 
-    def add(self, *args, state: np.ndarray, **kwargs) -> None:
-        """The SB3 buffer's ``add`` plus ``state [n_envs, state_dim]``, carried into this step."""
+    def add(
+        self, *args, state: np.ndarray, action_masks: np.ndarray | None = None, **kwargs
+    ) -> None:
+        """The SB3 buffer's ``add`` plus ``state [n_envs, state_dim]``, carried into this step,
+        and with ``mask_dims`` the step's ``action_masks [n_envs, mask_dims]``."""
+        if action_masks is not None:
+            if self.action_masks is None:
+                raise ValueError("this buffer keeps no action masks (built with mask_dims=0)")
+            self.action_masks[self.pos] = np.asarray(action_masks).reshape(
+                self.n_envs, self.mask_dims
+            )
         super().add(*args, **kwargs)  # type: ignore[misc]
         self.states[self.pos - 1] = np.asarray(state, dtype=np.float32)  # pos has advanced
         self._sequence_cache = None
@@ -109,6 +129,8 @@ class _SequenceMixin:
         per_step = [getattr(self, k) for k in ("values", "log_probs", "advantages", "returns")]
         tensors["per_step"] = _to_sequences(np.stack(per_step, axis=-1), seq_len)
         tensors["actions"] = _to_sequences(self.actions, seq_len)  # the action space's dtype
+        if self.action_masks is not None:
+            tensors["action_masks"] = _to_sequences(self.action_masks > 0.5, seq_len)
         for name, value in tensors.items():  # copies: later rollouts reuse the arrays
             if isinstance(value, dict):
                 tensors[name] = {k: self.to_torch(v) for k, v in value.items()}
@@ -149,6 +171,7 @@ class _SequenceMixin:
                 states=data["states"][idx],
                 episode_starts=data["episode_starts"][idx],
                 mask=m,
+                action_masks=data["action_masks"][idx][m] if "action_masks" in data else None,
             )
 
 

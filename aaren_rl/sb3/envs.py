@@ -5,18 +5,25 @@ observation is multiplied by a mask that zeroes the velocity entries (CartPole i
 Pendulum index 2), so the shape is unchanged and the velocities must be inferred from memory.
 ``popgym-RepeatFirstEasy-v0`` is POPGym's RepeatFirst (output the suit of the episode's first
 card at every step, 51 steps): after three steps a 4-frame stack no longer holds that card.
+
+:class:`CartPolePositionsEnv` is sb3-contrib's own test task (its ``CartPoleNoVelEnv``):
+CartPole observing only the cart position and the pole angle (``[2]``, velocities dropped
+rather than zeroed); ``CartPolePositions-v1`` is it with CartPole's 500-step limit.
 """
 
 from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
+from gymnasium import spaces
+from gymnasium.envs.classic_control import CartPoleEnv
 
 VELOCITY_MASKS = {
     "CartPoleNoVel-v1": ("CartPole-v1", (1.0, 0.0, 1.0, 0.0)),
     "PendulumNoVel-v1": ("Pendulum-v1", (1.0, 1.0, 0.0)),
 }
 POPGYM_TASKS = ("popgym-RepeatFirstEasy-v0",)  # registered by ``import popgym``
+POSITIONS_ID = "CartPolePositions-v1"
 
 
 class MaskVelocity(gym.ObservationWrapper):
@@ -35,6 +42,47 @@ class MaskVelocity(gym.ObservationWrapper):
         return (observation * self.mask).astype(np.float32)
 
 
+class CartPolePositionsEnv(CartPoleEnv):
+    """CartPole observing ``[x, theta]`` only (sb3-contrib's ``CartPoleNoVelEnv``): the
+    bounds are CartPole's termination thresholds doubled, as CartPole's own box."""
+
+    def __init__(self, render_mode: str | None = None) -> None:
+        super().__init__(render_mode=render_mode)
+        high = np.array([self.x_threshold * 2, self.theta_threshold_radians * 2], np.float32)
+        self.observation_space = spaces.Box(-high, high, dtype=np.float32)
+
+    @staticmethod
+    def _positions(full: np.ndarray) -> np.ndarray:
+        return np.asarray(full, dtype=np.float32)[[0, 2]]
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        obs, info = super().reset(seed=seed, options=options)
+        return self._positions(obs), info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return self._positions(obs), reward, terminated, truncated, info
+
+
+class OneHot(gym.ObservationWrapper):
+    """A Discrete observation as a one-hot Box ``[n]`` (as the benchmark feeds POPGym's
+    Discrete observations to every agent; rl-zoo3's ``env_wrapper`` for them)."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        if not isinstance(env.observation_space, spaces.Discrete):
+            raise ValueError(
+                f"OneHot needs a Discrete observation space, got {env.observation_space}"
+            )
+        self.n = int(env.observation_space.n)
+        self.observation_space = spaces.Box(0.0, 1.0, (self.n,), np.float32)
+
+    def observation(self, observation: int) -> np.ndarray:
+        out = np.zeros(self.n, dtype=np.float32)
+        out[int(observation)] = 1.0
+        return out
+
+
 def _make_masked(base_id: str, mask: tuple[float, ...], **kwargs) -> gym.Env:
     return MaskVelocity(gym.make(base_id, **kwargs), mask)
 
@@ -42,6 +90,13 @@ def _make_masked(base_id: str, mask: tuple[float, ...], **kwargs) -> gym.Env:
 def register_memory_envs() -> None:
     """Register the ids above with Gymnasium (idempotent; POPGym's need the ``popgym``
     package, which registers them on import)."""
+    from aaren_rl.sb3.masked_recall import register_masked_recall
+    from aaren_rl.sb3.pixel_recall import register_pixel_recall
+
+    register_masked_recall()  # MaskedRecall-v0: a memory task with illegal moves
+    register_pixel_recall()  # PixelRecall-v0: a pixel cue to recall
+    if POSITIONS_ID not in gym.registry:
+        gym.register(POSITIONS_ID, entry_point=CartPolePositionsEnv, max_episode_steps=500)
     for env_id, (base_id, mask) in VELOCITY_MASKS.items():
         if env_id not in gym.registry:
             gym.register(

@@ -36,7 +36,7 @@ from torch.distributions import Categorical
 
 from aaren_rl.nn.aaren import AarenBackboneState, AarenBlock
 from aaren_rl.nn.aaren_attention import AarenState, aaren_step
-from aaren_rl.sb3.policies import AarenActorCriticPolicy, AarenMemory, AarenPPOState
+from aaren_rl.sb3.policies import AarenActorCriticPolicy, AarenMemory, AarenPPOState, MaybeMasks
 
 __all__ = ["FastCollectionStep"]
 
@@ -174,15 +174,21 @@ class FastCollectionStep:
         state: AarenPPOState,
         episode_starts: Tensor,
         deterministic: bool = False,
+        action_masks: MaybeMasks = None,
     ) -> tuple[Tensor, Tensor, Tensor, AarenPPOState]:
-        """One step of every env: ``obs [n_envs, ...]``, ``episode_starts [n_envs]``."""
+        """One step of every env: ``obs [n_envs, ...]``, ``episode_starts [n_envs]``,
+        ``action_masks [n_envs, mask_dims]`` (optional: the policy's masked distribution)."""
         policy = self.policy
         latent_pi, latent_vf, new_state = policy._latents_step(
             obs, state, episode_starts, (self.actor, self.critic)
         )
         latent_actor = self.forward_actor(latent_pi)
         values = self.value_net(self.forward_critic(latent_vf))
-        if self.categorical:
+        if action_masks is not None:
+            distribution = policy.action_distribution(latent_actor, action_masks)
+            actions = distribution.get_actions(deterministic=deterministic)
+            log_prob = distribution.log_prob(actions)
+        elif self.categorical:
             # SB3's CategoricalDistribution without torch's argument checks, as in the update
             dist = Categorical(logits=self.action_net(latent_actor), validate_args=False)
             actions = torch.argmax(dist.probs, dim=1) if deterministic else dist.sample()

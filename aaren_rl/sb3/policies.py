@@ -2,13 +2,23 @@
 
 SB3's ``ActorCriticPolicy`` with a memory between the features extractor and the MLP heads::
 
-    obs -> features extractor (SB3's: Flatten, or Combined for Dict) -> Linear -> AarenBackbone
-        -> LayerNorm -> mlp_extractor (net_arch) -> action_net / value_net
+    obs -> features extractor (SB3's: Flatten, NatureCNN for images, Combined for Dict)
+        -> Linear (or a short causal convolution) -> AarenBackbone -> LayerNorm
+        -> mlp_extractor (net_arch) -> action_net / value_net
+
+The defaults are the memory benchmark's preset (``scripts/bench_sb3.py``, docs/sb3.md): one
+layer of width 64 with 4 heads, learned recency decays, a step embedding, a short
+convolution over the last 4 steps read by the heads beside the memory, the current features
+read by the heads too, one memory for actor and critic (``n_heads=4, decay=True,
+timestep_embedding=512, skip_features=True, critic="joint", short_conv=4, skip_conv=True``).
+A plain Aaren memory, as in the paper, is ``decay=False, timestep_embedding=0,
+skip_features=False, short_conv=0, skip_conv=False``.
 
 Critic options, like RecurrentPPO's: ``critic="separate"`` (the critic has its own Aaren
-memory, the default), ``"shared"`` (the critic reads the actor's memory, detached, so only the
-actor's loss trains it, as RecurrentPPO's ``shared_lstm``), ``"joint"`` (one memory that both
-losses train, as PPO's shared features: half the memory's work) or ``"none"`` (the critic is a plain MLP on the features).
+memory), ``"shared"`` (the critic reads the actor's memory, detached, so only the actor's loss
+trains it, as RecurrentPPO's ``shared_lstm``), ``"joint"`` (one memory that both losses
+train, as PPO's shared features: half the memory's work; the default) or ``"none"`` (the
+critic is a plain MLP on the features).
 
 Two ways to run the memory, one truth (``tests/test_sb3_ppo.py`` holds them together):
 
@@ -69,6 +79,7 @@ from stable_baselines3.common.torch_layers import (
     CombinedExtractor,
     FlattenExtractor,
     MlpExtractor,
+    NatureCNN,
 )
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import Tensor, nn
@@ -76,9 +87,32 @@ from torch.distributions import Categorical
 
 from aaren_rl.nn.aaren import AarenBackbone, AarenBackboneState
 from aaren_rl.nn.aaren_attention import AarenState
+from aaren_rl.sb3.checks import check_episode_start, check_predict_observation, check_predict_state
+from aaren_rl.sb3.names import check_no_lstm_keywords
 from aaren_rl.sb3.short_conv import ShortConv
 
 CRITICS = ("separate", "shared", "joint", "none")
+
+# allowed actions, True = allowed: [batch, mask_dims] (numpy or torch), or None for all
+MaybeMasks = Tensor | np.ndarray | None
+
+
+def masked_distribution_for(action_space: spaces.Space) -> Distribution:
+    """sb3-contrib's maskable distribution for ``action_space`` (Discrete, MultiDiscrete or
+    MultiBinary); ``ValueError`` for any other space."""
+    if not isinstance(action_space, (spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)):
+        raise ValueError(
+            "action masks need a Discrete, MultiDiscrete or MultiBinary action space, got "
+            f"{action_space}; train without masks (use_masking=False)"
+        )
+    try:
+        from sb3_contrib.common.maskable.distributions import make_masked_proba_distribution
+    except ImportError as err:  # the sb3 extra
+        raise ImportError(
+            "action masking uses sb3-contrib's masked distributions: pip install 'aaren-rl[sb3]'"
+        ) from err
+    return make_masked_proba_distribution(action_space)
+
 
 # a memory's one-step function, as AarenMemory.step: (features [B, F], state, episode_starts
 # [B], t [B], history [B, K-1, F] | None) -> (latent [B, d], state, history)
@@ -117,7 +151,7 @@ class AarenMemory(nn.Module):
     def __init__(self, features_dim: int, d_model: int, n_layers: int, n_heads: int, d_ff: int | None,
                  chunk_size: int, timestep_embedding: int = 0, decay: bool = False,
                  norm_first: bool = True, short_conv: int = 0,
-                 skip_conv: bool = False) -> None:  # fmt: skip
+                 skip_conv: bool = False, dropout: float = 0.0) -> None:  # fmt: skip
         super().__init__()
         if skip_conv and not short_conv:
             raise ValueError("skip_conv=True needs a short convolution (short_conv=K >= 1)")
@@ -137,6 +171,7 @@ class AarenMemory(nn.Module):
             n_layers,
             n_heads,
             d_ff,
+            dropout=dropout,
             norm_first=norm_first,
             chunk_size=chunk_size,
             decay=decay,
@@ -243,19 +278,34 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         optimizer_kwargs: dict[str, Any] | None = None,
         d_model: int = 64,
         n_layers: int = 1,
-        n_heads: int = 2,
+        n_heads: int = 4,
         d_ff: int | None = None,
         chunk_size: int = 32,
-        critic: str = "separate",
-        timestep_embedding: int = 0,
-        decay: bool = False,
-        skip_features: bool = False,
+        critic: str = "joint",
+        timestep_embedding: int = 512,
+        decay: bool = True,
+        skip_features: bool = True,
         norm_first: bool = True,
-        short_conv: int = 0,
-        skip_conv: bool = False,
+        short_conv: int = 4,
+        skip_conv: bool = True,
+        dropout: float = 0.0,
+        **unknown: Any,
     ) -> None:
+        check_no_lstm_keywords(unknown)  # RecurrentPPO's keywords get their equivalents
         if critic not in CRITICS:
             raise ValueError(f"critic must be one of {CRITICS}, got {critic!r}")
+        if critic == "shared" and not share_features_extractor:
+            # as RecurrentPPO refuses shared_lstm without a shared features extractor: the
+            # shared critic reads the actor's memory, which only the actor's features feed
+            raise ValueError(
+                'critic="shared" reads the actor\'s memory and needs '
+                "share_features_extractor=True; for a critic with its own features use "
+                'critic="separate" or critic="none"'
+            )
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.dropout = float(dropout)
+        self._masked_dist: Distribution | None = None  # built on the first masked call
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} must be a multiple of n_heads={n_heads}")
         if int(short_conv) < 0:
@@ -302,7 +352,8 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
     def _new_memory(self) -> AarenMemory:
         return AarenMemory(self.features_dim, self.d_model, self.n_layers, self.n_heads, self.d_ff,
                            self.chunk_size, self.timestep_embedding, self.decay,
-                           self.norm_first, self.short_conv, self.skip_conv)  # fmt: skip
+                           self.norm_first, self.short_conv, self.skip_conv,
+                           self.dropout)  # fmt: skip
 
     def _build(self, lr_schedule: Schedule) -> None:
         # The memories exist before SB3 builds the heads and the optimiser over all parameters.
@@ -339,6 +390,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             norm_first=self.norm_first,
             short_conv=self.short_conv,
             skip_conv=self.skip_conv,
+            dropout=self.dropout,
         )
         return data
 
@@ -470,12 +522,14 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         state: AarenPPOState,
         episode_starts: Tensor,
         deterministic: bool = False,
+        action_masks: MaybeMasks = None,
     ) -> tuple[Tensor, Tensor, Tensor, AarenPPOState]:
-        """One step of every env: ``obs [n_envs, ...]``, ``episode_starts [n_envs]`` ->
+        """One step of every env: ``obs [n_envs, ...]``, ``episode_starts [n_envs]``,
+        ``action_masks [n_envs, mask_dims]`` (optional, True = allowed) ->
         ``(actions, values [n_envs, 1], log_prob [n_envs], new state)``."""
         latent_pi, latent_vf, state = self._latents_step(obs, state, episode_starts)
-        distribution = self._get_action_dist_from_latent(
-            self.mlp_extractor.forward_actor(latent_pi)
+        distribution = self.action_distribution(
+            self.mlp_extractor.forward_actor(latent_pi), action_masks
         )
         actions = distribution.get_actions(deterministic=deterministic)
         values = self.value_net(self.mlp_extractor.forward_critic(latent_vf))
@@ -491,12 +545,32 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         return self.value_net(self.mlp_extractor.forward_critic(latent_vf))
 
     def get_distribution(  # type: ignore[override]
-        self, obs: PyTorchObs, state: AarenPPOState, episode_starts: Tensor
+        self,
+        obs: PyTorchObs,
+        state: AarenPPOState,
+        episode_starts: Tensor,
+        action_masks: MaybeMasks = None,
     ) -> tuple[Distribution, AarenPPOState]:
-        """The action distribution of one step and the new state."""
+        """The action distribution of one step (masked with ``action_masks``) and the new
+        state."""
         latent_pi, _, state = self._latents_step(obs, state, episode_starts)
         latent = self.mlp_extractor.forward_actor(latent_pi)
-        return self._get_action_dist_from_latent(latent), state
+        return self.action_distribution(latent, action_masks), state
+
+    def action_distribution(
+        self, latent_actor: Tensor, action_masks: MaybeMasks = None
+    ) -> Distribution:
+        """SB3's action distribution of ``latent_actor [B, latent]``; with ``action_masks [B,
+        mask_dims]`` (True = allowed) sb3-contrib's masked one (``MaskableCategorical``: the
+        disallowed logits set to -1e8, their entropy terms zeroed), for Discrete,
+        MultiDiscrete and MultiBinary action spaces."""
+        if action_masks is None:
+            return self._get_action_dist_from_latent(latent_actor)
+        if self._masked_dist is None:
+            self._masked_dist = masked_distribution_for(self.action_space)
+        distribution = self._masked_dist.proba_distribution(self.action_net(latent_actor))
+        distribution.apply_masking(action_masks)
+        return distribution
 
     # ------------------------------------------------------------------ whole sequences
     def evaluate_actions(  # type: ignore[override]
@@ -506,6 +580,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         state: AarenPPOState,
         episode_starts: Tensor,
         mask: Tensor,
+        action_masks: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Values, log-probabilities and entropies of padded sequences, in one scan.
 
@@ -515,6 +590,8 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             state: the state carried into each of the ``N`` sequences.
             episode_starts: ``[N, T]`` bool, a new episode at that step (the memory restarts).
             mask: ``[N, T]`` bool, False on padding.
+            action_masks: ``[M, mask_dims]`` the allowed actions at the valid steps (None:
+                every action allowed).
 
         Returns:
             ``(values [M], log_prob [M], entropy [M] or None)`` at the valid steps, in order.
@@ -538,6 +615,9 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         latent_pi, latent_vf = self._head_inputs(latent_pi, latent_vf, pi_valid, vf_valid)
         latent_actor = self.mlp_extractor.forward_actor(latent_pi)
         values = self.value_net(self.mlp_extractor.forward_critic(latent_vf)).flatten()
+        if action_masks is not None:
+            distribution = self.action_distribution(latent_actor, action_masks)
+            return values, distribution.log_prob(actions), distribution.entropy()
         if isinstance(self.action_dist, CategoricalDistribution):
             # SB3's Categorical(logits=...) without torch's argument checks (about 60 us per
             # minibatch): the same normalised logits, log-probabilities and entropy
@@ -553,14 +633,18 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         state: tuple[np.ndarray, ...] | None = None,
         episode_start: np.ndarray | None = None,
         deterministic: bool = False,
+        action_masks: MaybeMasks = None,
     ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
         """SB3's recurrent ``predict``: ``state`` is the actor memory as a tuple of numpy
         arrays (``m [n_envs, heads]``, ``u [n_envs, heads]``, ``w [n_envs, heads, head_dim]``
         per layer, then with ``short_conv=K`` the last ``K - 1`` features ``[n_envs, K - 1,
         F]``, then the step count ``t [n_envs]``); ``state=None`` starts every env afresh;
-        ``episode_start [n_envs]`` restarts those envs before their observation is used."""
+        ``episode_start [n_envs]`` restarts those envs before their observation is used;
+        ``action_masks [n_envs, mask_dims]`` (True = allowed) masks the actions as
+        sb3-contrib's MaskablePPO does."""
         self.set_training_mode(False)
         obs_tensor, vectorized = self.obs_to_tensor(observation)
+        check_predict_observation(obs_tensor)
         n = _batch_size(obs_tensor)
         if state is None:
             memory = self.actor_memory.backbone.initial_state(n)
@@ -568,30 +652,22 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             t = torch.zeros(n, dtype=torch.long, device=self.device)
             episode_start = np.ones(n, dtype=bool)
         else:
-            expected = 3 * self.n_layers + (1 if self.short_conv else 0) + 1
-            if not isinstance(state, tuple) or len(state) != expected:
-                raise ValueError(
-                    f"state must be the tuple of {expected} arrays that predict returned "
-                    "(or None for a fresh start)"
-                )
-            if np.shape(state[0])[0] != n:
-                raise ValueError(
-                    f"state holds {np.shape(state[0])[0]} envs but the observation holds {n}; "
-                    "pass state=None to start afresh"
-                )
+            check_predict_state(state, self._predict_state_shapes(n), n)
             arrays = [torch.as_tensor(np.asarray(a), device=self.device) for a in state]
             memory = tuple(AarenState(*arrays[3 * i : 3 * i + 3]) for i in range(self.n_layers))
             history = arrays[-2] if self.short_conv else None
             t = arrays[-1].long()
-        starts = np.zeros(n, bool) if episode_start is None else np.asarray(episode_start, bool)
+        starts = (
+            np.zeros(n, bool) if episode_start is None else check_episode_start(episode_start, n)
+        )
         with torch.no_grad():
             features = self._features(obs_tensor)[0]
             starts_t = torch.as_tensor(starts.reshape(-1), device=self.device)
             t = torch.where(starts_t, torch.zeros_like(t), t)
             latent, memory, history = self.actor_memory.step(features, memory, starts_t, t, history)
             latent = self._skip(latent, features)
-            distribution = self._get_action_dist_from_latent(
-                self.mlp_extractor.forward_actor(latent)
+            distribution = self.action_distribution(
+                self.mlp_extractor.forward_actor(latent), action_masks
             )
             actions = distribution.get_actions(deterministic=deterministic).cpu().numpy()
         actions = actions.reshape((-1, *self.action_space.shape))
@@ -608,6 +684,15 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         new_state = (*arrays_out, (t + 1).cpu().numpy())
         return actions, new_state
 
+    def _predict_state_shapes(self, n_envs: int) -> list[tuple[int, ...]]:
+        """The shapes of the arrays in :meth:`predict`'s state for ``n_envs`` envs."""
+        memory = self.actor_memory.backbone.initial_state(n_envs)
+        shapes = [tuple(x.shape) for s in memory for x in s]
+        history = self.actor_memory.initial_history(n_envs)
+        if history is not None:
+            shapes.append(tuple(history.shape))
+        return [*shapes, (n_envs,)]
+
 
 def _batch_size(obs: PyTorchObs) -> int:
     if isinstance(obs, dict):
@@ -617,6 +702,16 @@ def _batch_size(obs: PyTorchObs) -> int:
 
 class MlpAarenPolicy(AarenActorCriticPolicy):
     """Box/Discrete observations, flattened (SB3's ``FlattenExtractor``)."""
+
+
+class CnnAarenPolicy(AarenActorCriticPolicy):
+    """Image observations through SB3's ``NatureCNN`` (``normalize_images`` divides uint8
+    pixels by 255; channel-last images are transposed by SB3's ``VecTransposeImage``, which
+    the algorithm adds, and by ``predict``), as sb3-contrib's ``CnnLstmPolicy``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("features_extractor_class", NatureCNN)
+        super().__init__(*args, **kwargs)
 
 
 class MultiInputAarenPolicy(AarenActorCriticPolicy):

@@ -37,10 +37,13 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import Tensor
 
 from aaren_rl.sb3.buffers import AarenDictRolloutBuffer, AarenRolloutBuffer
+from aaren_rl.sb3.checks import check_rollout_step, check_saved_model
 from aaren_rl.sb3.fast_collect import FastCollectionStep
+from aaren_rl.sb3.names import unknown_policy_message
 from aaren_rl.sb3.policies import (
     AarenActorCriticPolicy,
     AarenPPOState,
+    CnnAarenPolicy,
     MlpAarenPolicy,
     MultiInputAarenPolicy,
 )
@@ -53,11 +56,17 @@ class AarenPPO(OnPolicyAlgorithm):
 
     Arguments are PPO's (``stable_baselines3.PPO``) plus ``sequence_length``; the memory's
     size and the critic option go in ``policy_kwargs`` (``d_model``, ``n_layers``,
-    ``n_heads``, ``d_ff``, ``critic="separate" | "shared" | "joint" | "none"``).
+    ``n_heads``, ``d_ff``, ``critic="separate" | "shared" | "joint" | "none"``, ...).
+
+    Two defaults differ from PPO's: ``target_kl=0.01`` (an epoch loop stops once a
+    minibatch's approximate KL passes 0.015) and ``ent_coef=0.01``. With them and the
+    policy's default memory, sb3-contrib's RecurrentPPO performance test passes on seeds 0-5
+    (docs/sb3.md, "Defaults"); pass ``target_kl=None, ent_coef=0.0`` for PPO's.
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
         "MlpAarenPolicy": MlpAarenPolicy,
+        "CnnAarenPolicy": CnnAarenPolicy,
         "MultiInputAarenPolicy": MultiInputAarenPolicy,
     }
 
@@ -74,12 +83,12 @@ class AarenPPO(OnPolicyAlgorithm):
         clip_range: float | Schedule = 0.2,
         clip_range_vf: float | Schedule | None = None,
         normalize_advantage: bool = True,
-        ent_coef: float = 0.0,
+        ent_coef: float = 0.01,
         vf_coef: float = 0.5,
         max_grad_norm: float = 0.5,
         use_sde: bool = False,
         sde_sample_freq: int = -1,
-        target_kl: float | None = None,
+        target_kl: float | None = 0.01,
         sequence_length: int | None = None,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
@@ -131,6 +140,25 @@ class AarenPPO(OnPolicyAlgorithm):
             self._setup_model()
 
     # ------------------------------------------------------------------ set-up
+    def _get_policy_from_name(self, policy_name: str) -> type[BasePolicy]:
+        """SB3's alias lookup; an unknown name gets the known ones (and a RecurrentPPO name
+        its AarenPPO equivalent)."""
+        if policy_name in self.policy_aliases:
+            return self.policy_aliases[policy_name]
+        raise ValueError(
+            unknown_policy_message(policy_name, self.policy_aliases, type(self).__name__)
+        )
+
+    def _mask_dims(self) -> int:
+        """Numbers per env in a step's action mask that the rollout buffer keeps (0: none;
+        MaskableAarenPPO keeps them)."""
+        return 0
+
+    def _action_masks(self, env: VecEnv) -> np.ndarray | None:
+        """The allowed actions of every env at the current step, or None (every action
+        allowed): AarenPPO takes none, MaskableAarenPPO asks the env."""
+        return None
+
     def _setup_model(self) -> None:
         self._setup_lr_schedule()
         self.set_random_seed(self.seed)
@@ -167,6 +195,7 @@ class AarenPPO(OnPolicyAlgorithm):
             gamma=self.gamma,
             gae_lambda=self.gae_lambda,
             n_envs=self.n_envs,
+            mask_dims=self._mask_dims(),
         )
         with torch.no_grad():
             self._last_aaren_state = self.policy.initial_state(self.n_envs)
@@ -180,6 +209,16 @@ class AarenPPO(OnPolicyAlgorithm):
         super().set_env(env, force_reset=force_reset or changed)
         if changed or self._last_aaren_state is None:
             self._setup_rollout()
+
+    @classmethod
+    def load(  # type: ignore[override]
+        cls: type[SelfAarenPPO], path: Any, *args: Any, **kwargs: Any
+    ) -> SelfAarenPPO:
+        """SB3's ``load``, after checking the file (:func:`~aaren_rl.sb3.checks.check_saved_model`):
+        a truncated zip or another algorithm's save is an :class:`SB3InputError` naming the
+        file and the fix."""
+        check_saved_model(path, cls.__name__, AarenActorCriticPolicy)
+        return super().load(path, *args, **kwargs)
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_last_aaren_state"]
@@ -212,7 +251,10 @@ class AarenPPO(OnPolicyAlgorithm):
             with torch.no_grad():
                 obs_tensor = obs_as_tensor(self._last_obs, self.device)
                 starts = torch.as_tensor(self._last_episode_starts, device=self.device)
-                actions, values, log_probs, new_state = step(obs_tensor, state, starts)
+                action_masks = self._action_masks(env)  # before the step, as MaskablePPO
+                actions, values, log_probs, new_state = step(
+                    obs_tensor, state, starts, action_masks=action_masks
+                )
                 packed = policy.pack(state).cpu().numpy()
             actions = actions.cpu().numpy()
             clipped = actions
@@ -222,6 +264,7 @@ class AarenPPO(OnPolicyAlgorithm):
                 else:
                     clipped = np.clip(actions, self.action_space.low, self.action_space.high)
             new_obs, rewards, dones, infos = env.step(clipped)
+            check_rollout_step(new_obs, rewards, n_steps, self.num_timesteps + env.num_envs)
             self.num_timesteps += env.num_envs
             callback.update_locals(locals())
             if not callback.on_step():
@@ -250,6 +293,7 @@ class AarenPPO(OnPolicyAlgorithm):
                 values,
                 log_probs,
                 state=packed,
+                action_masks=action_masks,
             )
             self._last_obs = new_obs
             self._last_episode_starts = dones
@@ -295,6 +339,7 @@ class AarenPPO(OnPolicyAlgorithm):
                     policy.unpack(batch.states),
                     batch.episode_starts,
                     batch.mask,
+                    batch.action_masks,
                 )
                 advantages = batch.advantages
                 if self.normalize_advantage and len(advantages) > 1:

@@ -8,7 +8,9 @@ whatever a model adds to rebuild itself (its config, dimensions, task). It is re
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Sequence
@@ -94,7 +96,7 @@ def write_checkpoint(
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "rng_state": rng_state,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_output_folder(path.parent)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -103,11 +105,76 @@ def write_checkpoint(
             os.fsync(handle.fileno())
         os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; keep the usual mode
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
+        if isinstance(exc, (OSError, RuntimeError)):
+            raise _write_error(path, exc, payload) from exc
         raise
     return path
+
+
+NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def _payload_bytes(payload: Any) -> int:
+    """The tensor bytes in a checkpoint payload (what its file needs, near enough)."""
+    if isinstance(payload, torch.Tensor):
+        return payload.numel() * payload.element_size()
+    if isinstance(payload, dict):
+        return sum(_payload_bytes(v) for v in payload.values())
+    if isinstance(payload, (list, tuple)):
+        return sum(_payload_bytes(v) for v in payload)
+    return 0
+
+
+def _write_error(path: Path, exc: BaseException, payload: Any) -> CheckpointError:
+    """A failed checkpoint write as one line: disk space when the disk is full (torch reports
+    a full disk as ``RuntimeError: ... unexpected pos``), else the system's reason."""
+    needed = _payload_bytes(payload)
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    full = getattr(exc, "errno", None) in NO_SPACE or (free is not None and free < needed + 2**20)
+    kept = (
+        "the previous checkpoint is intact" if path.exists() else "no earlier checkpoint was there"
+    )
+    if full:
+        room = (
+            f" ({free / 1e6:.1f} MB free now, about {needed / 1e6:.1f} MB needed)"
+            if free is not None
+            else ""
+        )
+        return CheckpointError(
+            f"{path}: no space left on the device to write the checkpoint{room}; {kept}. "
+            "Fix: free disk space (or choose another --out), then run again with --resume"
+        )
+    reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:200]
+    return CheckpointError(
+        f"{path}: the checkpoint could not be written ({type(exc).__name__}: {reason}); {kept}. "
+        "Fix: check that the folder is writable and the disk healthy, then run again with --resume"
+    )
+
+
+def check_output_folder(folder: str | os.PathLike[str]) -> Path:
+    """Create ``folder`` if needed and check that files can be written in it (by writing and
+    removing a temp file: permissions, read-only mounts and full disks all show). Raises
+    :class:`CheckpointError` naming the folder and the reason."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        where = exc.filename if exc.filename and str(exc.filename) != str(folder) else folder
+        raise CheckpointError(
+            f"{where}: the output folder cannot be written ({reason}). Fix: choose a writable "
+            "--out (or fix the folder's permissions)"
+        ) from None
+    return folder
 
 
 def _umask() -> int:

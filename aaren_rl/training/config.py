@@ -9,6 +9,8 @@ from typing import Any
 from aaren_rl.config_values import apply_checks, choice, integer, number, number_list, sorted_keys
 from aaren_rl.training.schedule import SCHEDULES
 
+MAX_SEED = 2**32 - 1  # numpy's seeds; torch and python take these too (as aaren_rl.cli's)
+
 
 @dataclass
 class LoopConfig:
@@ -54,7 +56,7 @@ class LoopConfig:
                 "log_every": lambda v: integer(v, 1),
                 "warmup_steps": lambda v: integer(v, 0),
                 "eval_every": lambda v: integer(v, 0),
-                "seed": lambda v: integer(v, 0),
+                "seed": lambda v: integer(v, 0, MAX_SEED),
                 "lr": lambda v: number(v, above=0.0),
                 "weight_decay": lambda v: number(v, minimum=0.0),
                 "min_lr_ratio": lambda v: number(v, minimum=0.0, maximum=1.0),

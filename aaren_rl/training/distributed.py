@@ -28,14 +28,46 @@ class DistContext:
         return self.world_size > 1
 
 
+def available_devices() -> list[str]:
+    """The device names this machine can run on: ``auto``, ``cpu``, ``cuda``/``cuda:N`` per
+    GPU, ``mps`` on Apple silicon."""
+    names = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        names += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        names.append("mps")
+    return names
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``"auto"`` -> CUDA if available, else CPU; anything else as given."""
+    """``None``/``"auto"`` -> CUDA if available, else CPU; anything else as given.
+
+    A name torch does not know (``tpu:7``), CUDA on a machine without it, or a GPU index
+    past the last one is a ValueError listing the devices available here."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available here")
-    return device
+    valid = ", ".join(available_devices())
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(
+            f"--device {str(device)!r} is not a device name; this machine has: {valid}"
+        ) from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"--device {str(device)!r}: CUDA is not available here; this machine has: {valid}"
+        )
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise ValueError(
+            f"--device {str(device)!r}: there are {torch.cuda.device_count()} GPU(s); this "
+            f"machine has: {valid}"
+        )
+    if resolved.type not in ("cpu", "cuda") and str(device) not in available_devices():
+        raise ValueError(
+            f"--device {str(device)!r} is not available on this machine; it has: {valid}"
+        )
+    return resolved
 
 
 def setup_distributed(device: str | torch.device | None = None) -> DistContext:

@@ -26,7 +26,12 @@ Nothing stops a run silently or half-way:
   kept, not overwritten;
 - SIGINT (Ctrl-C) and SIGTERM finish the current step, write a final checkpoint and raise
   :class:`TrainingInterrupted`; under torchrun every process stops at the same step (the
-  processes agree on it each step), so the checkpoint is written under DDP too;
+  processes agree on it each step), so the checkpoint is written under DDP too. A second
+  signal inside a step stops at once (:class:`TrainingAborted`) and writes nothing: that
+  step's state is half-updated, and the last checkpoint stays;
+- a resumed run logs what an uninterrupted one would: TensorBoard purges only the steps after
+  the checkpoint, the losses not yet logged travel in the checkpoint, and a run refuses to
+  resume on data other than its own (:meth:`data_identity`);
 - a SIGKILL at any point leaves the previous checkpoint intact (files are written to a temp
   name and renamed); the temp file of a killed write is removed when the run resumes.
 """
@@ -54,6 +59,7 @@ import torch.distributed as dist
 from torch import nn
 
 from aaren_rl.training.checkpoint import (
+    check_output_folder,
     load_checkpoint,
     new_run_id,
     unwrap_model,
@@ -61,7 +67,8 @@ from aaren_rl.training.checkpoint import (
 )
 from aaren_rl.training.config import LoopConfig
 from aaren_rl.training.distributed import DistContext, derived_seed
-from aaren_rl.training.files import write_json_atomic
+from aaren_rl.training.files import write_json_atomic, write_text_atomic
+from aaren_rl.training.fingerprint import describe_identity, identity_mismatch
 from aaren_rl.training.rng import capture_rng_state, restore_rng_state, seed_everything
 from aaren_rl.training.schedule import LRSchedule
 
@@ -92,6 +99,23 @@ class TrainingInterrupted(KeyboardInterrupt):
     def __init__(self, signum: int, step: int) -> None:
         super().__init__(f"{signal.Signals(signum).name} at step {step}")
         self.signum, self.step = signum, step
+
+
+class TrainingAborted(KeyboardInterrupt):
+    """A second SIGINT/SIGTERM stopped the run at once, inside a step: no checkpoint of that
+    half-finished step is written; the last one on disk (``checkpoint_step``) is kept."""
+
+    def __init__(self, signum: int, step: int, checkpoint_step: int | None) -> None:
+        kept = (
+            f"the last checkpoint (step {checkpoint_step}) is kept: --resume continues from it"
+            if checkpoint_step is not None
+            else "no checkpoint had been written yet"
+        )
+        super().__init__(
+            f"a second {signal.Signals(signum).name} stopped the run at once during step "
+            f"{step + 1}; that half-finished step was not saved and {kept}"
+        )
+        self.signum, self.step, self.checkpoint_step = signum, step, checkpoint_step
 
 
 @dataclass
@@ -199,6 +223,8 @@ class TrainingLoop:
         self.saved_step: int | None = None  # the step of the last checkpoint on disk
         self._signal: int | None = None  # a stop signal received and not yet acted on
         self._agreed_signal: int | None = None  # the one every process stops for
+        self._saving = False  # a checkpoint write is under way (a second signal waits for it)
+        self._window: list[float] = []  # this process's losses since the last logged step
         self.run_id = new_run_id()
         # dropout masks: a stream per process, set after the (identical) initialisation
         torch.manual_seed(rank_seed)
@@ -215,6 +241,7 @@ class TrainingLoop:
             self._load(ckpt)
             self.saved_step = self.step
         if self.out_dir is not None and self.ctx.is_main:
+            check_output_folder(self.out_dir)  # a read-only --out stops here, not at step 1000
             self._remove_stale_temp_files()
 
         self.ddp: nn.Module = self.model
@@ -254,6 +281,11 @@ class TrainingLoop:
         optimiser, scheduler, step and RNG; a ``model_config`` here replaces
         :meth:`checkpoint_model_config`'s)."""
         return {"train_config": self.cfg.to_dict()}
+
+    def data_identity(self) -> dict[str, Any] | None:
+        """What the run trains on (stored as ``data_identity``; a resume must match it): see
+        :func:`~aaren_rl.training.fingerprint.data_identity`. Default: none (not checked)."""
+        return None
 
     def checkpoint_model_config(self) -> dict[str, Any] | None:
         """How to rebuild the model (stored as ``model_config``; a resume must match it):
@@ -323,6 +355,7 @@ class TrainingLoop:
             stored = dataclasses.asdict(
                 config_type.from_dict(stored, source=f"{path} model_config")
             )
+        self._check_data_identity(path, data.get("data_identity"))
         if current is not None and stored != current:
             diff = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
             raise ValueError(
@@ -350,6 +383,7 @@ class TrainingLoop:
         ranks = rng.get("ranks") or []
         if rng.get("world_size") == self.ctx.world_size and len(ranks) > self.ctx.rank:
             restore_rng_state(ranks[self.ctx.rank], self.sampler, self.ctx.device)
+            self._window = [float(x) for x in ranks[self.ctx.rank].get("loss_window") or []]
         else:
             warnings.warn(
                 f"{path}: saved with {rng.get('world_size')} process(es), resumed with "
@@ -366,8 +400,21 @@ class TrainingLoop:
         if changed and self.ctx.is_main:
             warnings.warn(f"{path}: resuming with changed train settings {changed}", stacklevel=2)
 
+    def _check_data_identity(self, path: Path, stored: Any) -> None:
+        """Refuse to resume on data other than the checkpoint's (naming both)."""
+        current = self._identity()
+        differ = identity_mismatch(stored, current)
+        if differ:
+            raise ValueError(
+                f"{path}: cannot resume: this run was trained on {describe_identity(stored)}, "
+                f"but it was started now on {describe_identity(current)} (they differ in "
+                f"{', '.join(differ)}); resume with the data it was trained on, or train into "
+                "another --out"
+            )
+
     def _gather_rng(self) -> dict[str, Any]:
         mine = capture_rng_state(self.sampler, self.ctx.device)
+        mine["loss_window"] = list(self._window)  # the logged mean after a resume stays exact
         if not self.ctx.distributed:
             return {"world_size": 1, "ranks": [mine]}
         # send bytes, not tensors: all_gather_object's own unpickler mishandles tensors
@@ -379,7 +426,16 @@ class TrainingLoop:
         return {"world_size": self.ctx.world_size, "ranks": ranks}
 
     def save(self) -> None:
-        """Write ``out_dir/checkpoint.pt`` (collective under DDP: every rank must call it)."""
+        """Write ``out_dir/checkpoint.pt`` (collective under DDP: every rank must call it).
+
+        A stop signal that arrives during the write waits for it to finish."""
+        self._saving = True
+        try:
+            self._save()
+        finally:
+            self._saving = False
+
+    def _save(self) -> None:
         rng = self._gather_rng()
         if self.checkpoint_path is None:
             return
@@ -394,9 +450,15 @@ class TrainingLoop:
             step=self.step,
             rng_state=rng,
             run_id=self.run_id,
+            data_identity=self._identity(),
             **{"model_config": self.checkpoint_model_config(), **self.checkpoint_fields()},
         )
         self.saved_step = self.step
+
+    def _identity(self) -> dict[str, Any] | None:
+        if not hasattr(self, "_identity_cache"):
+            self._identity_cache = self.data_identity()
+        return self._identity_cache
 
     def _remove_stale_temp_files(self) -> None:
         """Temp files of writes that a kill cut short (the real files were never touched)."""
@@ -473,16 +535,23 @@ class TrainingLoop:
 
     @contextmanager
     def _stop_signals(self) -> Iterator[None]:
-        """While training: SIGINT and SIGTERM ask for a stop after the current step (a second
-        one of the same kind acts at once, with the handler that was there before)."""
+        """While training: SIGINT and SIGTERM ask for a stop after the current step. A second
+        one stops at once (:class:`TrainingAborted`) without saving the half-finished step,
+        except while the final checkpoint is being written: that write finishes first."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
         previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
 
         def ask_to_stop(signum: int, frame: Any) -> None:
-            self._signal = signum
-            signal.signal(signum, previous[signum])
+            if self._signal is None:
+                self._signal = signum
+            elif self._saving:
+                return  # the checkpoint being written is whole; the run stops right after it
+            elif self.saved_step == self.step:
+                raise TrainingInterrupted(signum, self.step)  # this step is on disk already
+            else:
+                raise TrainingAborted(signum, self.step, self.saved_step)
 
         for sig in STOP_SIGNALS:
             signal.signal(sig, ask_to_stop)
@@ -527,7 +596,6 @@ class TrainingLoop:
         losses: list[float] = []
         evaluations: list[Any] = []
         t0 = time.perf_counter()
-        window: list[float] = []
         if start >= self.cfg.steps:  # resumed a finished run: evaluate only if never done
             bar.close()
             done = self.out_dir is not None and (self.out_dir / METRICS_NAME).is_file()
@@ -543,14 +611,11 @@ class TrainingLoop:
         self._signal = self._agreed_signal = None
         try:
             with self._stop_signals():
-                self._train_until(end, start, t0, bar, writer, losses, window, evaluations)
-        except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, TrainingInterrupted):
-                # a KeyboardInterrupt in the middle of a step (a second Ctrl-C); under DDP the
-                # other ranks may sit in a collective, so only a single process saves here
-                if not self.ctx.distributed:
-                    bar.write(f"interrupted at step {self.step}: writing a checkpoint")
-                    self.save()
+                self._train_until(end, start, t0, bar, writer, losses, evaluations)
+        except BaseException:
+            # a KeyboardInterrupt other than TrainingInterrupted came in the middle of a step
+            # (a second Ctrl-C): its state is half-updated, so nothing is saved; the last
+            # checkpoint on disk stays whole
             if writer is not None:
                 writer.close()
             raise
@@ -573,7 +638,6 @@ class TrainingLoop:
         bar: Any,
         writer: Any,
         losses: list[float],
-        window: list[float],
         evaluations: list[Any],
     ) -> None:
         """The steps of :meth:`train` up to ``end``; a stop signal ends them with a checkpoint."""
@@ -583,11 +647,11 @@ class TrainingLoop:
                 self._stop_for_signal(bar)
             loss, grad_norm = self.train_step()
             losses.append(loss)
-            window.append(loss)
+            self._window.append(loss)
             bar.update(1)
-            if self.step % self.cfg.log_every == 0 or self.step == end:
-                mean_loss = self._mean_across_ranks(float(np.mean(window)))
-                window.clear()
+            if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
+                mean_loss = self._mean_across_ranks(float(np.mean(self._window)))
+                self._window.clear()
                 bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
                 if writer is not None:
                     writer.add_scalar("train/loss", mean_loss, self.step)
@@ -595,14 +659,14 @@ class TrainingLoop:
                     writer.add_scalar("train/grad_norm", grad_norm, self.step)
                     elapsed = time.perf_counter() - t0
                     writer.add_scalar("train/steps_per_s", (self.step - start) / elapsed, self.step)
-            if self.step % self.cfg.checkpoint_every == 0 and self.step < end:
-                self.save()
             last = self.step == self.cfg.steps
             periodic = self.cfg.eval_every > 0 and self.step % self.cfg.eval_every == 0
-            if periodic or last:
+            if periodic or last:  # before the checkpoint: a resume from it never repeats it
                 records = self._evaluate_main()
                 evaluations.extend(records)
                 self.log_eval(records, writer)
+            if self.step % self.cfg.checkpoint_every == 0 and self.step < end:
+                self.save()
             if not self.ctx.distributed:
                 self._agreed_signal = self._signal
             if self._agreed_signal is not None:  # under DDP: agreed on in train_step
@@ -639,7 +703,30 @@ class TrainingLoop:
         from torch.utils.tensorboard import SummaryWriter
 
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        return SummaryWriter(str(self.out_dir / "tb"), purge_step=start if start > 0 else None)
+        # purge_step drops the events at steps >= it: those logged after the checkpoint by a run
+        # that was stopped later, which the resumed run logs again. The checkpoint's own step
+        # was logged before the checkpoint was written, so it stays.
+        if start > 0:
+            self._truncate_eval_log(start)
+        return SummaryWriter(str(self.out_dir / "tb"), purge_step=start + 1 if start > 0 else None)
+
+    def _truncate_eval_log(self, start: int) -> None:
+        """Drop the ``eval.jsonl`` records past the checkpoint's step (the resumed run writes
+        them again), so each evaluation appears once."""
+        path = self.out_dir / EVAL_LOG_NAME
+        if not path.is_file():
+            return
+        lines = path.read_text().splitlines(keepends=True)
+        kept = []
+        for line in lines:
+            try:
+                step = json.loads(line).get("step")
+            except (ValueError, AttributeError):
+                continue  # a line cut by a kill
+            if step is None or int(step) <= start:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        if kept != lines:
+            write_text_atomic(path, "".join(kept))
 
     def _write_metrics(self, evaluations: list[Any], seconds: float) -> None:
         write_json_atomic(self.out_dir / METRICS_NAME, self.metrics_payload(evaluations, seconds))
