@@ -132,6 +132,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from aaren_rl import bench_agent
 
     bench_agent.add_arguments(agent)
+    export = targets.add_parser(
+        "export",
+        help="the exported step (ONNX Runtime float32, int8) against the numba fast step",
+        description="aaren-rl bench export: see aaren_rl/deploy/bench.py",
+    )
+    from aaren_rl.deploy import bench as bench_export
+
+    bench_export.add_arguments(export)
 
 
 # --------------------------------------------------------------------------- measuring
@@ -492,6 +500,10 @@ def run(args: argparse.Namespace) -> int:
         from aaren_rl import bench_agent
 
         return bench_agent.run(args)
+    if getattr(args, "bench_target", None) == "export":
+        from aaren_rl.deploy import bench as bench_export
+
+        return bench_export.run(args)
     if args.quick:
         args.lengths = args.lengths or list(QUICK_LENGTHS)
         args.positions = args.positions or list(QUICK_POSITIONS)

@@ -18,6 +18,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("aaren_rl.agents.train_cli", "train a decision agent on an offline dataset"),
     "evaluate": ("aaren_rl.agents.evaluate_cli", "roll out a checkpoint in vector environments"),
     "demo": ("aaren_rl.agents.demo", "train and evaluate Decision Aaren on the shipped dataset"),
+    "export": (
+        "aaren_rl.deploy.cli",
+        "export a checkpoint's constant-memory step to ONNX (runs without PyTorch)",
+    ),
     "fit": (
         "aaren_rl.heads.cli",
         "fit a forecasting, classification or event head on Aaren or a Transformer",

@@ -29,6 +29,21 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     return path
 
 
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temp file in the same folder, fsync and ``os.replace``."""
+    path = Path(path)
+    tmp = _temp_beside(path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def write_json_atomic(path: str | os.PathLike[str], payload: Any, indent: int = 2) -> Path:
     """Write ``payload`` as JSON (and a final newline) to ``path`` atomically."""
     return write_text_atomic(path, json.dumps(payload, indent=indent) + "\n")

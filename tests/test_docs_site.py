@@ -19,7 +19,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
-API_PACKAGES = ("nn", "agents", "data", "heads", "sb3", "training", "envs")
+API_PACKAGES = ("nn", "agents", "data", "heads", "sb3", "training", "envs", "deploy")
 # command-line front ends: documented by their --help and the guides, not the API reference
 CLI_MODULES = {
     "aaren_rl.agents.demo",
@@ -27,6 +27,8 @@ CLI_MODULES = {
     "aaren_rl.agents.train_cli",
     "aaren_rl.heads.cli",
     "aaren_rl.heads.events_cli",
+    "aaren_rl.deploy.cli",
+    "aaren_rl.deploy.bench",
 }
 RAW_DATA = ("benchmarks", "heads", "results")
 # Pages still being rewritten for users; remove an entry once its page reads clean

@@ -118,9 +118,12 @@ class FusedWeights(NamedTuple):
     head_b: Tensor
 
 
-def check_supported(model: DecisionModel) -> None:
-    """Raise ``ValueError`` (one line, with the fix) when the fast step cannot run ``model``."""
-    if getattr(model, "discrete", False):
+def check_supported(model: DecisionModel, discrete_ok: bool = False) -> None:
+    """Raise ``ValueError`` (one line, with the fix) when the fast step cannot run ``model``.
+
+    ``discrete_ok``: accept a categorical head (the weights fuse the same way; the exported
+    step of :mod:`aaren_rl.deploy` picks the action from the fused head's logits)."""
+    if getattr(model, "discrete", False) and not discrete_ok:
         raise ValueError(
             "FastDecisionStep runs continuous (Box) action heads; a discrete model steps with "
             "its own act/observe_action (its CategoricalActionHead.select picks the action)"
@@ -153,8 +156,11 @@ def _activation(model: DecisionModel) -> str:
 
 @torch.no_grad()
 def fuse_weights(model: DecisionModel) -> FusedWeights:
-    """Fold and merge ``model``'s weights for the step (see the module docstring)."""
-    check_supported(model)
+    """Fold and merge ``model``'s weights for the step (see the module docstring).
+
+    A discrete model's head fuses like a continuous one (``head_w``/``head_b`` give the
+    logits)."""
+    check_supported(model, discrete_ok=True)
     std, mean = model.state_std, model.state_mean
     state_w = model.embed_state.weight / std  # [D, obs]
     state_b = model.embed_state.bias - state_w @ mean
