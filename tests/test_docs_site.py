@@ -28,7 +28,6 @@ CLI_MODULES = {
     "aaren_rl.heads.cli",
     "aaren_rl.heads.events_cli",
     "aaren_rl.deploy.cli",
-    "aaren_rl.deploy.bench",
 }
 RAW_DATA = ("benchmarks", "heads", "results")
 # Pages still being rewritten for users; remove an entry once its page reads clean
