@@ -476,10 +476,12 @@ class DecisionModel(nn.Module):
         device = self._device() if device is None else device
         return self.backbone.initial_state(batch_size, device=device, dtype=self._dtype())
 
+    @torch.no_grad()
     def reset_state(self, state: State, done: torch.Tensor) -> State:
         """Rows where ``done [batch]`` is True start a new episode; the others are untouched."""
         return self.backbone.reset_state(state, done.to(device=self._device(), dtype=torch.bool))
 
+    @torch.no_grad()
     def act(
         self,
         observation: torch.Tensor,
@@ -490,6 +492,10 @@ class DecisionModel(nn.Module):
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, State]:
         """Feed R_t and s_t of one step per row and predict a_t.
+
+        The rollout step: it runs without autograd whatever the caller's grad mode, so the
+        action and the state hold no graph and memory stays constant over any episode (train
+        with ``forward``).
 
         Args:
             observation: ``[batch, obs_dim]`` raw observation.
@@ -533,9 +539,10 @@ class DecisionModel(nn.Module):
             action = self.action_head.select(action, sample=sample, generator=generator)
         return action, state
 
+    @torch.no_grad()
     def observe_action(self, action: torch.Tensor, timestep: torch.Tensor, state: State) -> State:
         """Feed the executed action a_t ``[batch, act_dim]`` (one-hot if discrete) at timestep t
-        ``[batch]``."""
+        ``[batch]`` (without autograd, as ``act``)."""
         action = torch.as_tensor(action, device=self._device())
         b = action.shape[0] if action.dim() == 2 else -1
         self._check_features(action, "action", self.act_dim, (b,))

@@ -432,7 +432,7 @@ class FastDecisionStep:
             if status:
                 self._refuse(status, t_np, action=a_np)
             return state
-        a = torch.as_tensor(action, device=self.device, dtype=self.dtype)
+        a = torch.as_tensor(action, device=self.device, dtype=self.dtype).detach()
         b = self._check_action(a.shape, state)
         t = self._timestep(timestep, b)  # every check before the state changes
         check_step_inputs(timestep, action=a)
@@ -461,6 +461,7 @@ class FastDecisionStep:
         d = x.shape[-1]
         return F.layer_norm(x, (d,), fw.emb_gamma, fw.emb_beta, _EPS)
 
+    @torch.no_grad()  # the rollout step: never an autograd graph, whatever the caller's mode
     def _act_torch(self, obs: Tensor, rtg: Tensor, t: Tensor, state: FastState) -> Tensor:
         fw = self.weights
         pending = bool(state.has_pending.any())
