@@ -1,7 +1,7 @@
 """The decision model: Decision Transformer's token layout over any backbone of the interface.
 
 Each timestep t gives three tokens, return-to-go R_t, state s_t and action a_t, each linearly
-embedded, plus a learned embedding of the timestep t, then LayerNorm (DESIGN.md section 3). The
+embedded, plus a learned embedding of the timestep t, then LayerNorm (docs/design.md section 3). The
 backbone runs over the interleaved sequence ``R_0, s_0, a_0, R_1, s_1, a_1, ...``
 (``[batch, 3 * time, d_model]``) and the action a_t is predicted from the output at s_t.
 
@@ -13,7 +13,7 @@ the target return sits in the residual stream of the very token the action is re
 
 The model owns its input conventions so that training and rollout cannot disagree: raw
 observations are normalised by the ``state_mean``/``state_std`` buffers and unscaled
-returns-to-go are multiplied by the ``reward_scale`` buffer (DESIGN.md: reward scale 1/1000)
+returns-to-go are multiplied by the ``reward_scale`` buffer (docs/design.md: reward scale 1/1000)
 inside the model, and the checkpoint carries the buffers.
 
 Two ways to run it, one truth:

@@ -5,7 +5,7 @@
 same actions (float32: within 1e-5; ``tests/test_fast_step.py`` holds the two together). It
 is built from a model's trained weights, which it fuses once (:func:`fuse_weights`):
 
-- the key path collapses to one vector per head (DESIGN.md section 1), and the per-head
+- the key path collapses to one vector per head (docs/design.md section 1), and the per-head
   constant that cancels in the softmax is dropped;
 - each pre-norm LayerNorm's scale and shift fold into the matrix that reads it (score, value,
   first feed-forward layer, action head), so a step only standardises;
