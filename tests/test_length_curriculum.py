@@ -213,6 +213,16 @@ def test_memory_results_curriculum_protocol(tmp_path):
     assert sum(r["length"] == 1000 and r["seed"] == 7 for r in kept) == 1
     assert len(kept) == len(payload["records"])
 
+    # --finetune-lr: the fine-tune at another rate is a run of its own (folder, record, row);
+    # the L0 run it starts from is the same one
+    argv_lr = [*argv[:5], "aaren", *argv[7:], "--finetune-lr", "1e-4"]
+    assert script.main(argv_lr) == 0
+    slow = work / "runs" / "L8-2steps-bs2-lr0.0001-from-L4-3steps-bs4" / "aaren" / "seed0"
+    assert json.loads((slow / "run.json").read_text())["lr"] == 1e-4
+    assert load_agent(slow / "checkpoint.pt")[1]["train_config"]["lr"] == 1e-4
+    table = (out / "memory-results.md").read_text()
+    assert "| 8 | 2 | batch 2, lr 0.0001, fine-tuned from L=4 (3 steps, batch 4) | 1 |" in table
+
 
 def test_cue_weights_are_softmax_weights_at_the_turn(tmp_path):
     """The script's attention read-out: every layer's weights at the turn sum to one, the
