@@ -207,6 +207,30 @@ def success_rate(model: Any, task: Any, seed: int, args) -> float:
     return float(np.mean(res.returns))
 
 
+def cue_share(length: int, n_episodes: int, n_envs: int, seed: int) -> float:
+    """The share of 'up' cues among the episodes ``evaluate_agent`` plays at ``length``.
+
+    The rollout gives env ``i`` (seeded ``seed + i``) ``(n_episodes + i) // n_envs`` episodes,
+    and a T-maze draws its cue from its own random stream at each reset, whatever the policy
+    does; so the evaluation's cues are fixed by (``n_episodes``, ``n_envs``, ``seed``). A policy
+    that ignores the cue and always turns up scores exactly this share, one that always turns
+    down ``1 -`` it: that is chance for this evaluation set.
+    """
+    import gymnasium as gym
+
+    from aaren_rl.envs import register_tmaze
+
+    env_id = "aaren_rl.envs:" + register_tmaze(length)
+    cues = []
+    for i in range(min(n_envs, n_episodes)):
+        env = gym.make(env_id)
+        for k in range((n_episodes + i) // min(n_envs, n_episodes)):
+            _, info = env.reset(seed=seed + i) if k == 0 else env.reset()
+            cues.append(int(info["cue"]))
+        env.close()
+    return 1.0 - float(np.mean(cues))  # cue 0 is up
+
+
 def clamped_success(init: dict[str, Any], task: Any, seed: int, args) -> float:
     """Success at ``task``'s length of the ``init`` run's model as it is (its own timestep
     table: ``act`` clamps every later timestep at the table's last row)."""
@@ -833,7 +857,26 @@ def main(argv: list[str] | None = None) -> int:
         metavar="L",
         help="instead of training: seconds per training step of --agents at these L",
     )
+    parser.add_argument(
+        "--cue-shares",
+        type=int,
+        nargs="*",
+        default=None,
+        metavar="L",
+        help="instead of training: print, per seed, the share of 'up' cues among the evaluation "
+        "episodes (--eval-episodes in --eval-envs envs, env seeds 10000 + seed + i): what a "
+        "policy that ignores the cue and always turns up scores",
+    )
     args = parser.parse_args(argv)
+    if args.cue_shares:
+        for length in args.cue_shares:
+            for seed in args.seeds:
+                share = cue_share(length, args.eval_episodes, args.eval_envs, 10_000 + seed)
+                print(
+                    f"L={length} seed {seed} ({args.eval_episodes} episodes, {args.eval_envs} "
+                    f"envs, env seeds {10_000 + seed}..): up {share:.0%}, down {1 - share:.0%}"
+                )
+        return 0
 
     import torch
 

@@ -324,3 +324,17 @@ def test_evaluate_cli_plays_another_task_with_the_table_stretched(tmp_path, caps
     missing = str(tmp_path / "nowhere.yaml")
     assert main(["evaluate", str(ckpt), "--task", missing, *common]) == 2
     assert "--task" in capsys.readouterr().err
+
+
+def test_cue_share_is_the_share_of_up_cues_the_rollout_plays():
+    """Chance on an evaluation set: the script's cue count equals the cues of the episodes
+    ``evaluate_agent`` really plays (read from their first observations), whatever the policy."""
+    script = _script()
+    model = _model(5).eval()  # untrained: its turns do not matter, the cues are the env's
+    env_id = "aaren_rl.envs:" + register_tmaze(4)
+    for n_episodes, n_envs, seed in [(10, 3, 7), (12, 4, 10_000), (5, 5, 1)]:
+        result = evaluate_agent(
+            model, env_id, 1.0, n_episodes=n_episodes, n_envs=n_envs, seed=seed, record=True
+        )
+        up = np.mean([ep.observations[0][0] == 1.0 for ep in result.episodes])
+        assert script.cue_share(4, n_episodes, n_envs, seed) == pytest.approx(up)
