@@ -122,13 +122,21 @@ def batch_for(length: int, args: argparse.Namespace) -> int:
     return _value_at(getattr(args, "batch_at", None), length, args.batch_size, "--batch-at")
 
 
-def run_name(length: int, steps: int, batch: int, init: dict[str, int] | None = None) -> str:
-    """The run folder of one (L, steps, batch[, curriculum start]) cell under ``runs/``.
+DEFAULT_LR = 1e-3
+
+
+def run_name(
+    length: int, steps: int, batch: int, init: dict[str, Any] | None = None, lr: float = DEFAULT_LR
+) -> str:
+    """The run folder of one (L, steps, batch[, curriculum start][, rate]) cell under ``runs/``.
 
     ``L100-2000steps`` for the default batch of 16 (the folders of earlier calls), with
-    ``-bs4`` for another batch and ``-from-L100-2000steps`` for a fine-tuned run.
+    ``-bs4`` for another batch, ``-lr0.0001`` for a rate other than 1e-3 and
+    ``-from-L100-2000steps`` for a fine-tuned run.
     """
     name = f"L{length}-{steps}steps" + ("" if batch == 16 else f"-bs{batch}")
+    if lr != DEFAULT_LR:
+        name += f"-lr{lr:g}"
     if init is not None:
         name += "-from-" + run_name(init["length"], init["steps"], init["batch_size"])
     return name
@@ -139,6 +147,8 @@ def protocol_of(record: dict[str, Any]) -> str:
     parts = []
     if int(record.get("batch_size", 16)) != 16:
         parts.append(f"batch {record['batch_size']}")
+    if float(record.get("lr", DEFAULT_LR)) != DEFAULT_LR:
+        parts.append(f"lr {record['lr']:g}")
     init = record.get("init_from")
     if init:
         parts.append(
@@ -166,9 +176,17 @@ def task_for(length: int, data_file: Path) -> Any:
     return task_from_dict(raw, path=REPO / "envs" / f"tmaze-l{length}.yaml")
 
 
+def lr_for(args: argparse.Namespace, init: dict[str, Any] | None = None) -> float:
+    """The learning rate of a run: ``--finetune-lr`` for a curriculum's fine-tune (if given),
+    else ``--lr``."""
+    tune = getattr(args, "finetune_lr", None)
+    return float(tune if init is not None and tune is not None else args.lr)
+
+
 def run_dir(agent: str, length: int, seed: int, args, init: dict[str, int] | None = None) -> Path:
     """Where one run's checkpoint and ``run.json`` live."""
-    name = run_name(length, steps_for(length, args), batch_for(length, args), init)
+    lr = lr_for(args, init)
+    name = run_name(length, steps_for(length, args), batch_for(length, args), init, lr)
     return Path(args.work) / "runs" / name / agent / f"seed{seed}"
 
 
@@ -187,6 +205,30 @@ def success_rate(model: Any, task: Any, seed: int, args) -> float:
         max_episode_steps=task.max_episode_steps,
     )
     return float(np.mean(res.returns))
+
+
+def cue_share(length: int, n_episodes: int, n_envs: int, seed: int) -> float:
+    """The share of 'up' cues among the episodes ``evaluate_agent`` plays at ``length``.
+
+    The rollout gives env ``i`` (seeded ``seed + i``) ``(n_episodes + i) // n_envs`` episodes,
+    and a T-maze draws its cue from its own random stream at each reset, whatever the policy
+    does; so the evaluation's cues are fixed by (``n_episodes``, ``n_envs``, ``seed``). A policy
+    that ignores the cue and always turns up scores exactly this share, one that always turns
+    down ``1 -`` it: that is chance for this evaluation set.
+    """
+    import gymnasium as gym
+
+    from aaren_rl.envs import register_tmaze
+
+    env_id = "aaren_rl.envs:" + register_tmaze(length)
+    cues = []
+    for i in range(min(n_envs, n_episodes)):
+        env = gym.make(env_id)
+        for k in range((n_episodes + i) // min(n_envs, n_episodes)):
+            _, info = env.reset(seed=seed + i) if k == 0 else env.reset()
+            cues.append(int(info["cue"]))
+        env.close()
+    return 1.0 - float(np.mean(cues))  # cue 0 is up
 
 
 def clamped_success(init: dict[str, Any], task: Any, seed: int, args) -> float:
@@ -230,7 +272,7 @@ def one_run(
             write_json_atomic(record_path, record)
         return record
     preset, _ = AGENTS[agent]
-    overrides = overrides_for(agent, length, args)
+    overrides = {**overrides_for(agent, length, args), "train.lr": lr_for(args, init_key)}
     zero_shot: dict[str, Any] = {}
     if init is not None:
         zero_path = out_dir / "zero_shot.json"
@@ -277,6 +319,7 @@ def one_run(
         "steps": result.end_step,
         "batch_size": batch_for(length, args),
         "init_from": init_key,
+        "lr": lr_for(args, init_key),
         "final_loss": float(np.mean(result.losses[-25:])) if result.losses else None,
         "success": success_rate(model, task, seed, args),
         "episodes": args.eval_episodes,
@@ -791,7 +834,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="L0",
         help="train every agent and seed at L0 first, then fine-tune that run at each --lengths",
     )
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=DEFAULT_LR)
+    parser.add_argument(
+        "--finetune-lr",
+        type=float,
+        default=None,
+        help="the curriculum's fine-tune rate (default: --lr); the tmaze-finetune preset uses 1e-4",
+    )
     parser.add_argument("--episodes", type=int, default=300, help="dataset episodes per L")
     parser.add_argument("--eval-episodes", type=int, default=100)
     parser.add_argument("--eval-envs", type=int, default=25)
@@ -820,7 +869,26 @@ def main(argv: list[str] | None = None) -> int:
         metavar="L",
         help="instead of training: seconds per training step of --agents at these L",
     )
+    parser.add_argument(
+        "--cue-shares",
+        type=int,
+        nargs="*",
+        default=None,
+        metavar="L",
+        help="instead of training: print, per seed, the share of 'up' cues among the evaluation "
+        "episodes (--eval-episodes in --eval-envs envs, env seeds 10000 + seed + i): what a "
+        "policy that ignores the cue and always turns up scores",
+    )
     args = parser.parse_args(argv)
+    if args.cue_shares:
+        for length in args.cue_shares:
+            for seed in args.seeds:
+                share = cue_share(length, args.eval_episodes, args.eval_envs, 10_000 + seed)
+                print(
+                    f"L={length} seed {seed} ({args.eval_episodes} episodes, {args.eval_envs} "
+                    f"envs, env seeds {10_000 + seed}..): up {share:.0%}, down {1 - share:.0%}"
+                )
+        return 0
 
     import torch
 

@@ -143,7 +143,7 @@ def test_scan_does_not_depend_on_chunk_size(chunk_size):
 
 
 def test_not_the_cummax_shortcut():
-    """DESIGN.md warns: cummax(s) then cumsum(exp(s - cummax) v) is not attention. Make sure
+    """docs/design.md warns: cummax(s) then cumsum(exp(s - cummax) v) is not attention. Make sure
     the scan is not that, on data where the two differ."""
     scores, values, _ = random_inputs(1, 50, 1, 3, seed=9)
     run_max = scores.cummax(dim=1).values

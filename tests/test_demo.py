@@ -68,7 +68,7 @@ def test_demo_trains_evaluates_and_reports_step_costs(tmp_path, capsys):
     assert f"normalised score {np.mean(ev['normalized_scores']):.1f}" in printed
     costs = report["step_costs"]
     aaren = costs["Aaren, the model's own step"]["state_bytes_per_env"]
-    # DESIGN.md: (d_head + 2) float32 numbers per head per layer: 3 layers, 1 head of 128
+    # docs/design.md: (d_head + 2) float32 numbers per head per layer: 3 layers, 1 head of 128
     assert aaren == [3 * 1 * (128 + 2) * 4] * 30
     # the rollout's FastDecisionStep is timed too, on numba (a default dependency): the same
     # Aaren memory plus the pending action it carries (3 float32, an int64 timestep, a flag)

@@ -213,6 +213,16 @@ def test_memory_results_curriculum_protocol(tmp_path):
     assert sum(r["length"] == 1000 and r["seed"] == 7 for r in kept) == 1
     assert len(kept) == len(payload["records"])
 
+    # --finetune-lr: the fine-tune at another rate is a run of its own (folder, record, row);
+    # the L0 run it starts from is the same one
+    argv_lr = [*argv[:5], "aaren", *argv[7:], "--finetune-lr", "1e-4"]
+    assert script.main(argv_lr) == 0
+    slow = work / "runs" / "L8-2steps-bs2-lr0.0001-from-L4-3steps-bs4" / "aaren" / "seed0"
+    assert json.loads((slow / "run.json").read_text())["lr"] == 1e-4
+    assert load_agent(slow / "checkpoint.pt")[1]["train_config"]["lr"] == 1e-4
+    table = (out / "memory-results.md").read_text()
+    assert "| 8 | 2 | batch 2, lr 0.0001, fine-tuned from L=4 (3 steps, batch 4) | 1 |" in table
+
 
 def test_cue_weights_are_softmax_weights_at_the_turn(tmp_path):
     """The script's attention read-out: every layer's weights at the turn sum to one, the
@@ -270,3 +280,61 @@ def test_train_cli_init_from(tmp_path, capsys):
                  "--task", str(tmp_path / "tmaze-l8.yaml"), "--out", str(tmp_path / "c"),
                  "--init-from", ckpt, *bad, *common]) == 2  # fmt: skip
     assert "cannot fine-tune from this checkpoint" in capsys.readouterr().err
+
+
+def test_evaluate_cli_plays_another_task_with_the_table_stretched(tmp_path, capsys):
+    """``aaren-rl evaluate CKPT --task LONGER --stretch-timesteps``: the zero-shot transfer of
+    the curriculum, equal to ``evaluate_agent`` on the stretched model, episode for episode."""
+    import yaml
+
+    from aaren_rl.cli import main
+
+    for length in (4, 8):
+        task, _ = _task(tmp_path, length)
+        raw = {
+            "name": f"tmaze-l{length}",
+            "env_id": task.env_id,
+            "dataset": str(tmp_path / f"tmaze-l{length}.hdf5"),
+            "dataset_format": "d4rl",
+            "max_episode_steps": length + 1,
+            "reward_scale": 1.0,
+            "target_returns": [1.0],
+            "reference_scores": {"success": [0.0, 1.0], "use": "success"},
+        }
+        (tmp_path / f"tmaze-l{length}.yaml").write_text(yaml.safe_dump(raw))
+    (tmp_path / "agent-l4.yaml").write_text(yaml.safe_dump(_agent(4)))
+    common = ["--threads", "1", "--no-progress"]
+    assert main(["train", "--agent", str(tmp_path / "agent-l4.yaml"),
+                 "--task", str(tmp_path / "tmaze-l4.yaml"), "--out", str(tmp_path / "a"),
+                 *common]) == 0  # fmt: skip
+    ckpt = tmp_path / "a" / "checkpoint.pt"
+    out = tmp_path / "zero-shot.json"
+    assert main(["evaluate", str(ckpt), "--task", str(tmp_path / "tmaze-l8.yaml"),
+                 "--stretch-timesteps", "--episodes", "6", "--envs", "3", "--seed", "5",
+                 "--json", str(out), *common]) == 0  # fmt: skip
+    assert "timestep table stretched from 5 to 9 rows" in capsys.readouterr().out
+    got = json.loads(out.read_text())
+    assert got["task"] == "tmaze-l8" and got["env_id"] == "aaren_rl.envs:" + register_tmaze(8)
+    model, _ = load_agent(ckpt)
+    want = evaluate_agent(
+        stretch_timesteps(model, 9).eval(), got["env_id"], 1.0, n_episodes=6, n_envs=3, seed=5
+    )
+    assert got["results"][0]["returns"] == [float(r) for r in want.returns]
+    assert all(n == 9 for n in got["results"][0]["lengths"])  # L = 8: 9 steps per episode
+    missing = str(tmp_path / "nowhere.yaml")
+    assert main(["evaluate", str(ckpt), "--task", missing, *common]) == 2
+    assert "--task" in capsys.readouterr().err
+
+
+def test_cue_share_is_the_share_of_up_cues_the_rollout_plays():
+    """Chance on an evaluation set: the script's cue count equals the cues of the episodes
+    ``evaluate_agent`` really plays (read from their first observations), whatever the policy."""
+    script = _script()
+    model = _model(5).eval()  # untrained: its turns do not matter, the cues are the env's
+    env_id = "aaren_rl.envs:" + register_tmaze(4)
+    for n_episodes, n_envs, seed in [(10, 3, 7), (12, 4, 10_000), (5, 5, 1)]:
+        result = evaluate_agent(
+            model, env_id, 1.0, n_episodes=n_episodes, n_envs=n_envs, seed=seed, record=True
+        )
+        up = np.mean([ep.observations[0][0] == 1.0 for ep in result.episodes])
+        assert script.cue_share(4, n_episodes, n_envs, seed) == pytest.approx(up)

@@ -1,7 +1,7 @@
 """The decision model: Decision Transformer's token layout over any backbone of the interface.
 
 Each timestep t gives three tokens, return-to-go R_t, state s_t and action a_t, each linearly
-embedded, plus a learned embedding of the timestep t, then LayerNorm (DESIGN.md section 3). The
+embedded, plus a learned embedding of the timestep t, then LayerNorm (docs/design.md section 3). The
 backbone runs over the interleaved sequence ``R_0, s_0, a_0, R_1, s_1, a_1, ...``
 (``[batch, 3 * time, d_model]``) and the action a_t is predicted from the output at s_t.
 
@@ -13,7 +13,7 @@ the target return sits in the residual stream of the very token the action is re
 
 The model owns its input conventions so that training and rollout cannot disagree: raw
 observations are normalised by the ``state_mean``/``state_std`` buffers and unscaled
-returns-to-go are multiplied by the ``reward_scale`` buffer (DESIGN.md: reward scale 1/1000)
+returns-to-go are multiplied by the ``reward_scale`` buffer (docs/design.md: reward scale 1/1000)
 inside the model, and the checkpoint carries the buffers.
 
 Two ways to run it, one truth:
@@ -477,10 +477,12 @@ class DecisionModel(nn.Module):
         device = self._device() if device is None else device
         return self.backbone.initial_state(batch_size, device=device, dtype=self._dtype())
 
+    @torch.no_grad()
     def reset_state(self, state: State, done: torch.Tensor) -> State:
         """Rows where ``done [batch]`` is True start a new episode; the others are untouched."""
         return self.backbone.reset_state(state, done.to(device=self._device(), dtype=torch.bool))
 
+    @torch.no_grad()
     def act(
         self,
         observation: torch.Tensor,
@@ -491,6 +493,10 @@ class DecisionModel(nn.Module):
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, State]:
         """Feed R_t and s_t of one step per row and predict a_t.
+
+        The rollout step: it runs without autograd whatever the caller's grad mode, so the
+        action and the state hold no graph and memory stays constant over any episode (train
+        with ``forward``).
 
         Args:
             observation: ``[batch, obs_dim]`` raw observation.
@@ -534,9 +540,10 @@ class DecisionModel(nn.Module):
             action = self.action_head.select(action, sample=sample, generator=generator)
         return action, state
 
+    @torch.no_grad()
     def observe_action(self, action: torch.Tensor, timestep: torch.Tensor, state: State) -> State:
         """Feed the executed action a_t ``[batch, act_dim]`` (one-hot if discrete) at timestep t
-        ``[batch]``."""
+        ``[batch]`` (without autograd, as ``act``)."""
         action = torch.as_tensor(action, device=self._device())
         b = action.shape[0] if action.dim() == 2 else -1
         self._check_features(action, "action", self.act_dim, (b,))

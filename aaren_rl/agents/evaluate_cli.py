@@ -4,6 +4,13 @@ It rebuilds the model from the checkpoint alone (no dataset needed), plays ``--e
 episodes in ``--envs`` environments side by side for each target return (the task's, or
 ``--target-return``), and prints the return, the normalised score, the model's time per step
 and the memory per environment. ``--json`` also writes the numbers to a file.
+
+``--task`` plays another task than the one the checkpoint was trained on (its environment,
+episode limit, targets and reference scores), e.g. a longer T-maze; ``--stretch-timesteps``
+then resizes the model's timestep table to that task's episode length by interpolation
+(:func:`~aaren_rl.agents.decision_model.stretch_timesteps`, as ``aaren-rl train --init-from``
+does), so a model trained on 100-step episodes runs 1000-step ones with every step at the same
+relative place (the length curriculum of docs/memory.md, zero-shot).
 """
 
 from __future__ import annotations
@@ -38,6 +45,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="clip the return-to-go at the largest one in the training data (model.clip_return)",
     )
     parser.add_argument("--seed", type=int, default=0, help="env i is seeded with seed + i (0)")
+    parser.add_argument(
+        "--task",
+        default=None,
+        help="play this task preset (name or .yaml path) instead of the checkpoint's own",
+    )
+    parser.add_argument(
+        "--stretch-timesteps",
+        action="store_true",
+        help="resize the timestep table to the task's episode length by interpolation (a model "
+        "trained on shorter episodes, e.g. T-maze L=100 played at L=1000)",
+    )
     parser.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)"
     )
@@ -146,6 +164,29 @@ def run(args: argparse.Namespace) -> int:
             return 2
         model.config.clip_return = True
     task = info.get("task") or {}
+    if args.task is not None:
+        from aaren_rl.agents.trainer import task_to_dict
+        from aaren_rl.data.tasks import load_task
+
+        try:
+            task = task_to_dict(load_task(args.task))
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"error: --task {args.task}: {exc}", file=sys.stderr)
+            return 2
+    if args.stretch_timesteps:
+        from aaren_rl.agents.decision_model import stretch_timesteps
+
+        n_rows = args.max_episode_steps or task.get("max_episode_steps")
+        if not n_rows:
+            print(
+                f"error: --stretch-timesteps: task {task.get('name')!r} gives no "
+                "max_episode_steps; pass --max-episode-steps",
+                file=sys.stderr,
+            )
+            return 2
+        before = model.config.max_timestep
+        stretch_timesteps(model, int(n_rows))
+        print(f"timestep table stretched from {before} to {int(n_rows)} rows")
     env_id = task.get("env_id")
     if not env_id:
         print(f"error: {args.checkpoint}: the checkpoint's task has no env_id", file=sys.stderr)

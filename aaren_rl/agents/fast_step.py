@@ -5,7 +5,7 @@
 same actions (float32: within 1e-5; ``tests/test_fast_step.py`` holds the two together). It
 is built from a model's trained weights, which it fuses once (:func:`fuse_weights`):
 
-- the key path collapses to one vector per head (DESIGN.md section 1), and the per-head
+- the key path collapses to one vector per head (docs/design.md section 1), and the per-head
   constant that cancels in the softmax is dropped;
 - each pre-norm LayerNorm's scale and shift fold into the matrix that reads it (score, value,
   first feed-forward layer, action head), so a step only standardises;
@@ -438,7 +438,7 @@ class FastDecisionStep:
             if status:
                 self._refuse(status, t_np, action=a_np)
             return state
-        a = torch.as_tensor(action, device=self.device, dtype=self.dtype)
+        a = torch.as_tensor(action, device=self.device, dtype=self.dtype).detach()
         b = self._check_action(a.shape, state)
         t = self._timestep(timestep, b)  # every check before the state changes
         check_step_inputs(timestep, action=a)
@@ -467,6 +467,7 @@ class FastDecisionStep:
         d = x.shape[-1]
         return F.layer_norm(x, (d,), fw.emb_gamma, fw.emb_beta, _EPS)
 
+    @torch.no_grad()  # the rollout step: never an autograd graph, whatever the caller's mode
     def _act_torch(self, obs: Tensor, rtg: Tensor, t: Tensor, state: FastState) -> Tensor:
         fw = self.weights
         pending = bool(state.has_pending.any())

@@ -79,7 +79,7 @@ def check_step_inputs(
     first bad row (and how many rows are bad).
     """
     given = [
-        (name, torch.as_tensor(x))
+        (name, torch.as_tensor(x).detach())  # a checked value: never part of a graph
         for name, x in (
             ("observation", observation),
             ("return_to_go", return_to_go),

@@ -71,7 +71,7 @@ class TaskInfo:
     d4rl_expert: float
 
 
-# D4RL's reference returns (random, expert) for the v2 datasets; see DESIGN.md section 4.
+# D4RL's reference returns (random, expert) for the v2 datasets; see docs/design.md section 4.
 TASKS: dict[str, TaskInfo] = {
     "hopper": TaskInfo("Hopper-v5", -20.272305, 3234.3),
     "halfcheetah": TaskInfo("HalfCheetah-v5", -280.178953, 12135.0),

@@ -104,7 +104,11 @@ class ClassifyModel(nn.Module):
 
 
 class ClassifyStream:
-    """``observe(x_t [B, C]) -> probabilities [B, K]`` after each new observation."""
+    """``observe(x_t [B, C]) -> probabilities [B, K]`` after each new observation.
+
+    Inference: each step runs without autograd whatever the caller's grad mode, so the state
+    and the probabilities hold no graph (constant memory for an Aaren backbone).
+    """
 
     def __init__(self, model: ClassifyModel, batch_size: int) -> None:
         self.model = model
@@ -113,6 +117,7 @@ class ClassifyStream:
         self.t = 0
         self.pool_sum: Tensor | None = None
 
+    @torch.no_grad()
     def observe(self, x_t: Tensor) -> Tensor:
         m = self.model
         token = m._tokens(x_t, torch.tensor(self.t, device=x_t.device))

@@ -67,17 +67,25 @@ class NextEvent:
     """The next-event distribution at any leading shape ``[...]`` (e.g. ``[B]`` or ``[B, L]``).
 
     ``logits, loc, log_scale [..., C]`` (mixture over ``z``), ``hidden [..., d]`` (for the
-    mark head).
+    mark head). ``grad=False`` (a stream's distributions): the mark head, the one part that
+    reads the model's weights, runs without autograd, so nothing it returns has a graph.
     """
 
     def __init__(
-        self, model: EventModel, logits: Tensor, loc: Tensor, log_scale: Tensor, hidden: Tensor
+        self,
+        model: EventModel,
+        logits: Tensor,
+        loc: Tensor,
+        log_scale: Tensor,
+        hidden: Tensor,
+        grad: bool = True,
     ) -> None:
         self.model = model
         self.logits = logits
         self.loc = loc
         self.log_scale = log_scale
         self.hidden = hidden
+        self.grad = grad
 
     @property
     def log_weights(self) -> Tensor:
@@ -86,7 +94,12 @@ class NextEvent:
     def index(self, item: Any) -> NextEvent:
         """The distribution at ``[item]`` of the leading dimensions."""
         return NextEvent(
-            self.model, self.logits[item], self.loc[item], self.log_scale[item], self.hidden[item]
+            self.model,
+            self.logits[item],
+            self.loc[item],
+            self.log_scale[item],
+            self.hidden[item],
+            self.grad,
         )
 
     def _z(self, tau: Tensor) -> tuple[Tensor, Tensor]:
@@ -119,7 +132,8 @@ class NextEvent:
 
     def mark_logits(self, tau: Tensor) -> Tensor:
         """``log p(k | tau)`` up to a constant, ``[..., K]``."""
-        return self.model.mark_logits(self.hidden, tau)
+        with torch.set_grad_enabled(self.grad and torch.is_grad_enabled()):
+            return self.model.mark_logits(self.hidden, tau)
 
     def mark_log_probs(self, tau: Tensor) -> Tensor:
         return self.mark_logits(tau).log_softmax(dim=-1)
@@ -188,11 +202,12 @@ class EventModel(nn.Module):
         )
         return self.drop(self.mark_embed(marks) + self.time_in(features))
 
-    def distribution(self, y: Tensor) -> NextEvent:
-        """Backbone outputs ``[..., d]`` -> :class:`NextEvent` ``[...]``."""
+    def distribution(self, y: Tensor, grad: bool = True) -> NextEvent:
+        """Backbone outputs ``[..., d]`` -> :class:`NextEvent` ``[...]`` (``grad``: see
+        :class:`NextEvent`)."""
         h = self.norm(y)
         logits, loc, raw_scale = self.mixture(h).chunk(3, dim=-1)
-        return NextEvent(self, logits, loc, raw_scale.clamp(*LOG_SCALE_RANGE), h)
+        return NextEvent(self, logits, loc, raw_scale.clamp(*LOG_SCALE_RANGE), h, grad)
 
     def mark_logits(self, hidden: Tensor, tau: Tensor) -> Tensor:
         """``hidden [..., d]``, ``tau [...]`` -> mark logits ``[..., K]``."""
@@ -254,7 +269,9 @@ class EventStream:
     """Events in, next-event distribution out, one backbone step per event.
 
     ``observe(t [B], mark [B]) -> NextEvent [B]``; the state is the backbone's (constant for
-    Aaren) plus the last event time.
+    Aaren) plus the last event time. A stream is inference: every step runs without autograd
+    (whatever the caller's grad mode), so its state and outputs hold no graph and its memory
+    stays constant however long it runs.
     """
 
     def __init__(self, model: EventModel, batch_size: int = 1, start: float = 0.0) -> None:
@@ -267,6 +284,7 @@ class EventStream:
         self.current: NextEvent | None = None
         self.n_events = 0
 
+    @torch.no_grad()
     def observe(self, t: Tensor, mark: Tensor) -> NextEvent:
         """The next event's time ``t [B]`` (absolute) and ``mark [B]``; returns the
         distribution of the event after it."""
@@ -280,7 +298,7 @@ class EventStream:
         y, self.state = self.model.backbone.step(token, self.state)
         self.last_time = t
         self.n_events += 1
-        self.current = self.model.distribution(y)
+        self.current = self.model.distribution(y, grad=False)
         return self.current
 
     def next_event(self) -> NextEvent:
@@ -288,11 +306,13 @@ class EventStream:
             raise ValueError("observe at least one event first (the first event is given)")
         return self.current
 
+    @torch.no_grad()
     def sample(self, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Draw the next event: ``(absolute time [B], mark [B])``."""
         tau, mark = self.next_event().sample(generator)
         return self.last_time + tau, mark
 
+    @torch.no_grad()
     def generate(
         self, n_events: int, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor]:

@@ -165,7 +165,9 @@ class ForecastStream:
     after the first ``patch_len`` observations.
 
     Holds the backbone state, the pending part of the current patch (< ``patch_len`` steps)
-    and, with ``revin``, the first patch's mean: constant memory for an Aaren backbone.
+    and, with ``revin``, the first patch's mean: constant memory for an Aaren backbone. A
+    stream is inference: ``observe`` and ``forecast`` run without autograd whatever the
+    caller's grad mode, so the state and the forecast hold no graph.
     """
 
     def __init__(self, model: ForecastModel, batch_size: int) -> None:
@@ -182,6 +184,7 @@ class ForecastStream:
         self.n_patches = 0
         self.n_observed = 0
 
+    @torch.no_grad()
     def observe(self, x_t: Tensor) -> None:
         """One observation per series, ``x_t [B, C]``; a completed patch runs one step."""
         cfg = self.model.config
@@ -200,6 +203,7 @@ class ForecastStream:
         self.last_obs = patch[:, -1]
         self.n_patches += 1
 
+    @torch.no_grad()
     def forecast(self) -> Tensor:
         """The forecast ``[B, H, C]`` from every completed patch so far."""
         if self.y_last is None:

@@ -36,7 +36,7 @@ class AarenAttention(nn.Module):
     Parameters follow the paper's count: a learned query token (``d_model`` numbers) projected
     by ``q_proj``, plus the key, value and output projections of ordinary multi-head attention.
     Because the query is fixed, a head's score is ``x . (W_k,h^T q_h) / sqrt(d_head)`` plus a
-    constant (the collapsed key path of DESIGN.md section 1): one dot product per head.
+    constant (the collapsed key path of docs/design.md section 1): one dot product per head.
     """
 
     def __init__(

@@ -26,7 +26,7 @@ float's limit whose sum overflows poison too.)
 
 The memory is :class:`AarenState` ``(m, u, w)``: a running max ``m [B,H]``, a denominator
 ``u [B,H]`` and a numerator ``w [B,H,Dh]``, both relative to ``m``. Its size does not depend on
-the sequence length. Tokens combine with the associative operator of DESIGN.md section 1; the
+the sequence length. Tokens combine with the associative operator of docs/design.md section 1; the
 identity is ``(-inf, 0, 0)``.
 
 The three forms:

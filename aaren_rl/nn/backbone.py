@@ -1,4 +1,4 @@
-"""The one interface every sequence backbone offers (DESIGN.md section 2).
+"""The one interface every sequence backbone offers (docs/design.md section 2).
 
 Heads and agents talk only to this interface, so swapping Aaren for the Transformer baseline
 is one config line and every comparison (score, speed, memory) runs the same code.

@@ -1,4 +1,4 @@
-"""Stable-Baselines3 integration: Aaren policies in SB3 pipelines (DESIGN.md section 5).
+"""Stable-Baselines3 integration: Aaren policies in SB3 pipelines (docs/design.md section 5).
 
 - :class:`DecisionAarenPolicy` (``decision_policy``): a trained decision model (Aaren or the
   Transformer baseline) behind SB3's recurrent ``predict`` contract, fed its rewards by the

@@ -2,7 +2,7 @@
 
 ``DecisionAarenPolicy.load("checkpoint.pt", target_return=3600)`` gives an object whose
 ``predict(observation, state=None, episode_start=None, deterministic=True) -> (action, state)``
-behaves like sb3-contrib's ``RecurrentPPO.predict`` (DESIGN.md section 5):
+behaves like sb3-contrib's ``RecurrentPPO.predict`` (docs/design.md section 5):
 
 - ``state`` is a tuple of numpy arrays: the backbone's memory (Aaren: every layer's ``m, u,
   w``; the fast step's layout when it runs the model, see :attr:`state_names`; the Transformer:

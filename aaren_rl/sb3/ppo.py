@@ -1,6 +1,6 @@
 """AarenPPO: PPO with an Aaren memory, an SB3 on-policy algorithm.
 
-Follows sb3-contrib's ``RecurrentPPO`` (DESIGN.md section 5) with the LSTM swapped for Aaren:
+Follows sb3-contrib's ``RecurrentPPO`` (docs/design.md section 5) with the LSTM swapped for Aaren:
 
 - collection steps every env's memory once per step and stores the state carried into each
   step (through :class:`~aaren_rl.sb3.fast_collect.FastCollectionStep`, built from the weights

@@ -39,6 +39,7 @@ Nothing stops a run silently or half-way:
 from __future__ import annotations
 
 import dataclasses
+import gc
 import io
 import json
 import os
@@ -606,6 +607,7 @@ class TrainingLoop:
                     self._write_metrics(evaluations, 0.0)
             if writer is not None:
                 writer.close()
+            self._wait_for_every_rank()
             return self._result(start, start, [], evaluations, True, 0.0)
         self.model.train()
         self._signal = self._agreed_signal = None
@@ -628,6 +630,7 @@ class TrainingLoop:
             self._write_metrics(evaluations, seconds)
         if writer is not None:
             writer.close()
+        self._wait_for_every_rank()
         return self._result(start, self.step, losses, evaluations, finished, seconds)
 
     def _train_until(
@@ -731,8 +734,24 @@ class TrainingLoop:
     def _write_metrics(self, evaluations: list[Any], seconds: float) -> None:
         write_json_atomic(self.out_dir / METRICS_NAME, self.metrics_payload(evaluations, seconds))
 
+    def _wait_for_every_rank(self) -> None:
+        """Under DDP, return from :meth:`train` together: rank 0 writes the checkpoint, the
+        metrics and TensorBoard after the last collective, and no rank may tear the process
+        group down (``close``) while another is still at work."""
+        if self.ctx.distributed and dist.is_initialized():
+            dist.barrier()
+
     def close(self) -> None:
-        """Leave the process group if this trainer joined it."""
+        """Leave the process group if this trainer joined it.
+
+        The DistributedDataParallel wrapper goes first: its reducer holds the process group,
+        and left to the interpreter's exit it would be torn down after the group, in whatever
+        order the exit frees objects. Then the group is destroyed, on every rank after
+        :meth:`train` returned on all of them.
+        """
+        if self.ddp is not self.model:
+            self.ddp = self.model
+            gc.collect()
         if self.ctx.initialized_here and dist.is_initialized():
             dist.destroy_process_group()
 
