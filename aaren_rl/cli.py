@@ -9,7 +9,10 @@ import sys
 # sub-command -> (module, one-line help). Each module defines
 # ``add_arguments(parser: argparse.ArgumentParser) -> None`` and ``run(args) -> int``.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "bench": ("aaren_rl.bench", "speed and memory of the Aaren scan/step against a Transformer"),
+    "bench": (
+        "aaren_rl.bench.cli",
+        "speed and memory of the Aaren scan/step against a Transformer",
+    ),
     "make-dataset": ("aaren_rl.data.make_dataset", "build D4RL-recipe datasets with SB3 SAC"),
     "make-memory-dataset": (
         "aaren_rl.envs.memory_datasets",

@@ -7,7 +7,7 @@ skips the runs already there, so an interrupted benchmark resumes. ``--report`` 
 into a markdown table and a plot of the training curves.
 
     .venv/bin/python scripts/bench_sb3.py --tasks CartPoleNoVel-v1 --seeds 0 1 2 --threads 1
-    .venv/bin/python scripts/bench_sb3.py --report            # docs/sb3.md, docs/sb3.png
+    .venv/bin/python scripts/bench_sb3.py --report   # docs/benchmarks/sb3/: sb3_table.md, sb3.png
 
 Hyper-parameters: rl-baselines3-zoo's ``ppo_lstm.yml`` where it has the task (CartPoleNoVel,
 PendulumNoVel), the same for every agent on a task (only the memory differs); the POPGym task
@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--timesteps", type=int, default=None, help="override every task's")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=Path("docs/sb3_runs.json"))
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/sb3/sb3_runs.json"))
     parser.add_argument("--report", action="store_true", help="only write the table and plot")
     parser.add_argument(
         "--variant",

@@ -31,7 +31,7 @@ from aaren_rl.files import write_json_atomic
 from aaren_rl.sb3 import AarenPPO
 from aaren_rl.sb3.pixel_recall import PIXEL_RECALL_ID, register_pixel_recall
 
-OUT = Path("docs/sb3_cnn.json")
+OUT = Path("docs/benchmarks/sb3/cnn.json")
 AGENTS = ("aaren_ppo", "recurrent_ppo", "ppo")
 SETTINGS = dict(n_steps=64, batch_size=256, n_epochs=4, learning_rate=3e-4, ent_coef=0.01)
 N_ENVS = 8

@@ -30,11 +30,11 @@ from aaren_rl.files import write_json_atomic
 from aaren_rl.sb3.maskable import MaskableAarenPPO, evaluate_policy
 from aaren_rl.sb3.masked_recall import MASKED_RECALL_ID, register_masked_recall
 
-OUT = Path("docs/sb3_masking.json")
+OUT = Path("docs/benchmarks/sb3/masking.json")
 AGENTS = ("aaren_masked", "aaren_unmasked", "maskable_ppo")
 PPO = dict(n_steps=64, batch_size=256, n_epochs=10, learning_rate=3e-4, ent_coef=0.01)
 N_ENVS = 8
-# PPO's own values where AarenPPO's defaults differ (the runs in docs/sb3_masking.json)
+# PPO's own values where AarenPPO's defaults differ (the runs in docs/benchmarks/sb3/masking.json)
 AAREN_PPO = dict(target_kl=None, sequence_length=None)
 # the benchmark's memory preset (scripts/bench_sb3.py), written out
 AAREN_MEMORY = dict(

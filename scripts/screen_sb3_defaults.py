@@ -14,7 +14,7 @@ results is in docs/sb3.md ("Defaults").
     .venv/bin/python scripts/screen_sb3_defaults.py --candidates d-tkl001 --seeds 0 1 2
     .venv/bin/python scripts/screen_sb3_defaults.py --report
 
-Results go to ``docs/sb3_defaults_screen.json`` after every run (atomically); a rerun skips
+Results go to ``docs/benchmarks/sb3/defaults_screen.json`` after every run (atomically); a rerun skips
 the (candidate, seed) pairs already there.
 """
 
@@ -38,7 +38,7 @@ from aaren_rl.files import write_json_atomic
 from aaren_rl.sb3 import AarenPPO
 from aaren_rl.sb3.envs import POSITIONS_ID, register_memory_envs
 
-OUT = Path("docs/sb3_defaults_screen.json")
+OUT = Path("docs/benchmarks/sb3/defaults_screen.json")
 
 # the test's own settings (sb3-contrib tests/test_lstm.py), LSTM keywords dropped
 TEST_ALGO = dict(

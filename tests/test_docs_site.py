@@ -28,12 +28,11 @@ CLI_MODULES = {
     "aaren_rl.heads.cli",
     "aaren_rl.heads.events_cli",
     "aaren_rl.deploy.cli",
-    "aaren_rl.deploy.bench",
 }
 RAW_DATA = ("benchmarks", "heads", "results")
 # Pages still being rewritten for users; remove an entry once its page reads clean
 # (test_history_allow_list_is_not_stale fails on an entry that is already clean).
-STILL_TO_CLEAN = {"sb3.md", "memory.md"}
+STILL_TO_CLEAN: set[str] = set()
 HISTORY = re.compile(
     r"\bsessions?\b|\bhelpers?\b|/tmp/|\bthe lead\b|\bissue \d+|\bissue \w*\d\w*\b|\blent\b",
     re.IGNORECASE,

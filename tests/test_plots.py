@@ -10,8 +10,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from aaren_rl import bench_agent  # noqa: E402
 from aaren_rl.agents import demo  # noqa: E402
+from aaren_rl.bench import agent as bench_agent  # noqa: E402
 from aaren_rl.plots import legend_with_twins, plain_number, readable_log_axes  # noqa: E402
 
 

@@ -341,7 +341,7 @@ def test_bad_inputs_say_what_is_wrong() -> None:
 # ----------------------------------------------------------------- the benchmark's instruments
 def test_bench_peak_memory_sees_exactly_the_tensors_allocated() -> None:
     """The CPU peak (profiler allocation events) of a known sequence of allocations."""
-    from aaren_rl.bench import peak_memory_bytes
+    from aaren_rl.bench.common import peak_memory_bytes
 
     def allocate() -> None:
         a = torch.empty(1_000_000, dtype=torch.float32)  # 4,000,000 bytes
@@ -355,7 +355,7 @@ def test_bench_peak_memory_sees_exactly_the_tensors_allocated() -> None:
 
 
 def test_bench_growth_exponent_and_table() -> None:
-    from aaren_rl.bench import format_table, growth_exponent
+    from aaren_rl.bench.common import format_table, growth_exponent
 
     xs = [256.0, 512.0, 1024.0, 4096.0]
     assert growth_exponent(xs, [3.0 * x**2 for x in xs]) == pytest.approx(2.0)

@@ -15,7 +15,7 @@ observation and 3 action features), weights drawn at random (costs do not depend
    (``/proc/self/statm``, ``getrusage``) at the same steps; the KV cache's and DT's bytes at
    t <= 1,000 for comparison.
 3. Training: one forward + backward (mean-square loss) over ``[batch, T, 128]`` token
-   sequences, T = 60, 300, 3,000: wall time and peak tensor memory (``aaren_rl.bench``'s
+   sequences, T = 60, 300, 3,000: wall time and peak tensor memory (``aaren_rl.bench.common``'s
    instruments) for Aaren at several scan chunk sizes (the best is reported) and the causal
    Transformer, fused (``is_causal``) and masked (one padded token: the explicit mask of any
    padded or multi-episode batch).
@@ -33,13 +33,11 @@ and the versions. ``--quick`` is a smoke run with small sizes (the command's own
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -49,7 +47,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from aaren_rl.bench import format_bytes, format_table, peak_memory_bytes, train_pass, write_atomic
+from aaren_rl.bench.common import (
+    cpu_name,
+    format_bytes,
+    format_table,
+    git_commit,
+    package_version,
+    peak_memory_bytes,
+    train_pass,
+    write_atomic,
+)
 from aaren_rl.cli import add_threads_argument, apply_threads
 from aaren_rl.cpu_peak import measure_fma_peak
 from aaren_rl.files import save_figure_atomic
@@ -102,7 +109,12 @@ TARGETS = {"batch1_us": 83.0, "batch64_us": 20.0, "dt_ratio": 20.0, "train_ratio
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``aaren-rl bench agent``."""
-    parser.add_argument("--out", type=Path, default=Path("docs"), help="output folder (docs)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/bench-agent"),
+        help="output folder (runs/bench-agent)",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="a smoke run: small sizes, seconds not minutes"
     )
@@ -127,52 +139,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # --------------------------------------------------------------------------- the stamp
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def stamp(args: argparse.Namespace) -> dict[str, Any]:
     """Machine, threads, versions and the command: what every result file carries."""
     return {
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-        "machine": f"{_cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()}",
+        "machine": f"{cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()}",
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "torch_threads": torch.get_num_threads(),
         "versions": {
             "python": sys.version.split()[0],
             **{
-                n: _version(n)
+                n: package_version(n)
                 for n in ("torch", "numpy", "numba", "gymnasium", "mujoco", "aaren-rl")
             },
         },
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "quick": bool(args.quick),
         "command": "aaren-rl bench agent " + " ".join(sys.argv[3:]),
     }

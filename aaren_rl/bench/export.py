@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from aaren_rl.bench.common import cpu_name, git_commit, package_version
 from aaren_rl.files import save_figure_atomic, write_json_atomic, write_text_atomic
 
 OBS_DIM, ACT_DIM = 11, 3
@@ -51,8 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path("docs/benchmarks/bench-export"),
-        help="output folder (docs/benchmarks/bench-export)",
+        default=Path("runs/bench-export"),
+        help="output folder (runs/bench-export; the docs' run is in docs/benchmarks/bench-export)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing results")
     parser.add_argument("--envs", type=int, nargs="+", default=[1, 16, 64])
@@ -291,41 +292,6 @@ def measure_state(model: Any, f32: Path, long_steps: int, log) -> dict[str, Any]
     }
 
 
-def _cpu_name() -> str:
-    import platform
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _version(name: str) -> str | None:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def stamp(args: argparse.Namespace) -> dict[str, Any]:
     """Machine, threads, versions and the command."""
     import os
@@ -334,11 +300,11 @@ def stamp(args: argparse.Namespace) -> dict[str, Any]:
     names = ("torch", "numpy", "numba", "onnx", "onnxruntime", "gymnasium", "aaren-rl")
     return {
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-        "machine": f"{_cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()}",
+        "machine": f"{cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()}",
         "load_average": list(os.getloadavg()),
         "threads": {"torch": torch.get_num_threads(), "onnxruntime_intra_op": 1},
-        "versions": {"python": sys.version.split()[0], **{n: _version(n) for n in names}},
-        "git_commit": _git_commit(),
+        "versions": {"python": sys.version.split()[0], **{n: package_version(n) for n in names}},
+        "git_commit": git_commit(),
         "quick": bool(args.quick),
         "command": "aaren-rl bench export " + " ".join(sys.argv[3:]),
     }

@@ -30,21 +30,27 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import math
-import os
 import platform
 import statistics
 import sys
-import tempfile
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from aaren_rl.bench.common import (
+    format_bytes,
+    format_table,
+    growth_exponent,
+    peak_memory_bytes,
+    time_calls,
+    train_pass,
+    write_atomic,
+)
 from aaren_rl.cli import add_threads_argument, apply_threads
+from aaren_rl.files import save_figure_atomic
 from aaren_rl.nn.backbone import state_nbytes
 
 TRAIN_LENGTHS = (256, 512, 1024, 2048, 4096, 8192)
@@ -123,73 +129,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume", action="store_true", help="keep the measurements of an existing bench.json"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    targets = parser.add_subparsers(dest="bench_target", metavar="TARGET")
-    agent = targets.add_parser(
-        "agent",
-        help="the decision agents: rollout latency, memory, training and evaluation time",
-        description="aaren-rl bench agent: see aaren_rl/bench_agent.py",
-    )
-    from aaren_rl import bench_agent
-
-    bench_agent.add_arguments(agent)
-    export = targets.add_parser(
-        "export",
-        help="the exported step (ONNX Runtime float32, int8) against the numba fast step",
-        description="aaren-rl bench export: see aaren_rl/deploy/bench.py",
-    )
-    from aaren_rl.deploy import bench as bench_export
-
-    bench_export.add_arguments(export)
 
 
 # --------------------------------------------------------------------------- measuring
-def synchronize(device: torch.device) -> None:
-    """Wait for queued kernels (CUDA), so that wall time covers the work."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def peak_memory_bytes(fn: Callable[[], Any], device: torch.device) -> int:
-    """Peak bytes of tensor memory allocated while ``fn()`` runs, above what was held before.
-
-    CUDA: the caching allocator's peak counter. CPU: the running sum of the profiler's
-    allocation events (see the module docstring).
-    """
-    if device.type == "cuda":
-        synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        fn()
-        synchronize(device)
-        return int(torch.cuda.max_memory_allocated(device) - before)
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted(
-        (e.start_ns(), e.nbytes())
-        for e in prof.profiler.kineto_results.events()
-        if e.name() == "[memory]"
-    )
-    held = peak = 0
-    for _, nbytes in events:
-        held += nbytes
-        peak = max(peak, held)
-    return int(peak)
-
-
-def time_calls(fn: Callable[[], Any], repeats: int, device: torch.device) -> list[float]:
-    """Wall time of ``repeats`` calls of ``fn`` (after the caller's warm-up), in seconds."""
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return times
-
-
 def build_backbones(
     d_model: int, n_layers: int, n_heads: int, windows: Iterable[int]
 ) -> dict[str, nn.Module]:
@@ -209,19 +151,6 @@ def build_backbones(
             **size, window=w, step_mode="recompute"
         )
     return nets
-
-
-def train_pass(
-    net: nn.Module, x: torch.Tensor, mask: torch.Tensor | None = None
-) -> Callable[[], None]:
-    """One forward + backward over ``x [batch, T, d_model]`` (loss: mean square output)."""
-
-    def run() -> None:
-        net.zero_grad(set_to_none=True)
-        y, _ = net(x, mask=mask)
-        y.float().square().mean().backward()
-
-    return run
 
 
 def prefill(net: nn.Module, x: torch.Tensor, t: int) -> Any:
@@ -244,52 +173,7 @@ def _key(record: dict[str, Any]) -> tuple:
     return (record["kind"], record["backbone"], record.get("T"), record.get("t"))
 
 
-def _usual_permissions(path: str) -> None:
-    """mkstemp makes files private (0600); give them what ``open`` would (0666 & ~umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        _usual_permissions(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 # --------------------------------------------------------------------------- reporting
-def format_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError
-
-
-def format_table(header: list[str], rows: list[list[str]]) -> str:
-    """Columns aligned: the first left, the rest right."""
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(r: list[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        )
-
-    return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows)])
-
-
 def tables(results: dict[str, Any]) -> str:
     """The two tables (training, stepping) as text."""
     train = [r for r in results["records"] if r["kind"] == "train"]
@@ -420,16 +304,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
         f"{cfg['n_heads']} head(s), batch {cfg['batch']}, {cfg['dtype']} on {cfg['device_name']}"
     )
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        _usual_permissions(tmp)
-        os.replace(tmp, path)
+        save_figure_atomic(fig, path)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # --------------------------------------------------------------------------- the command
@@ -495,15 +373,7 @@ def _load_previous(path: Path, args: argparse.Namespace, config: dict[str, Any])
 
 def run(args: argparse.Namespace) -> int:
     """Measure, print the tables, write bench.json and bench.png under ``args.out``
-    (``aaren-rl bench agent``: :mod:`aaren_rl.bench_agent`)."""
-    if getattr(args, "bench_target", None) == "agent":
-        from aaren_rl import bench_agent
-
-        return bench_agent.run(args)
-    if getattr(args, "bench_target", None) == "export":
-        from aaren_rl.deploy import bench as bench_export
-
-        return bench_export.run(args)
+    (``aaren-rl bench agent``: :mod:`aaren_rl.bench.agent`)."""
     if args.quick:
         args.lengths = args.lengths or list(QUICK_LENGTHS)
         args.positions = args.positions or list(QUICK_POSITIONS)
@@ -617,13 +487,3 @@ def run(args: argparse.Namespace) -> int:
     plot(results, args.out / "bench.png")
     print(f"\nwrote {json_path} and {args.out / 'bench.png'}")
     return 0
-
-
-def growth_exponent(xs: list[float], ys: list[float]) -> float:
-    """Least-squares slope of log(y) on log(x): 1 linear, 2 quadratic, 0 flat."""
-    lx = [math.log(x) for x in xs]
-    ly = [math.log(y) for y in ys]
-    mx, my = statistics.fmean(lx), statistics.fmean(ly)
-    num = sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True))
-    den = sum((a - mx) ** 2 for a in lx)
-    return num / den if den else 0.0
