@@ -38,7 +38,7 @@ from torch import nn
 
 from aaren_rl.files import save_figure_atomic, write_json_atomic, write_text_atomic
 from aaren_rl.sb3 import AarenPPO
-from aaren_rl.sb3.envs import register_memory_envs
+from aaren_rl.sb3.envs import OneHot, register_memory_envs
 
 AGENTS = ("aaren_ppo", "aaren_ppo_nodecay", "recurrent_ppo", "ppo", "ppo_stack4")
 ZOO_POLICY = dict(ortho_init=False, activation_fn=nn.ReLU, net_arch=dict(pi=[64], vf=[64]))
@@ -152,21 +152,6 @@ TASKS: dict[str, dict[str, Any]] = {
         sequence_length=64,
     ),
 }
-
-
-class OneHot(gym.ObservationWrapper):
-    """A Discrete observation as a one-hot Box (so every agent, frame stacking included, reads
-    the same input)."""
-
-    def __init__(self, env: gym.Env) -> None:
-        super().__init__(env)
-        self.n = int(env.observation_space.n)
-        self.observation_space = spaces.Box(0.0, 1.0, (self.n,), np.float32)
-
-    def observation(self, observation: int) -> np.ndarray:
-        out = np.zeros(self.n, dtype=np.float32)
-        out[int(observation)] = 1.0
-        return out
 
 
 def _wrapper(task: str):
