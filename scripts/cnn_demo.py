@@ -13,21 +13,17 @@ rerun skips the runs already there.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from masking_demo import AAREN_MEMORY, AAREN_PPO, Curve, first_reaching
+from masking_demo import AAREN_MEMORY, AAREN_PPO, Curve, first_reaching, run_cli
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
-from aaren_rl.files import write_json_atomic
 from aaren_rl.sb3 import AarenPPO
 from aaren_rl.sb3.pixel_recall import PIXEL_RECALL_ID, register_pixel_recall
 
@@ -89,29 +85,16 @@ def report(runs: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--agents", nargs="*", default=list(AGENTS), choices=AGENTS)
-    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
-    parser.add_argument("--timesteps", type=int, default=30_000)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--report", action="store_true")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    register_pixel_recall()
-    data = json.loads(args.out.read_text()) if args.out.exists() else {"runs": []}
-    if args.report:
-        print(report(data["runs"]))
-        return 0
-    for seed in args.seeds:
-        for agent in args.agents:
-            if any(r["agent"] == agent and r["seed"] == seed for r in data["runs"]):
-                continue
-            run = run_one(agent, seed, args.timesteps)
-            print(json.dumps({k: v for k, v in run.items() if k != "curve"}), flush=True)
-            data["runs"].append(run)
-            write_json_atomic(args.out, data, indent=1)
-    return 0
+    return run_cli(
+        argv,
+        description=__doc__.split("\n")[0],
+        agents=AGENTS,
+        timesteps=30_000,
+        out=OUT,
+        register=register_pixel_recall,
+        run_one=run_one,
+        report=report,
+    )
 
 
 if __name__ == "__main__":

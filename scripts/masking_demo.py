@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -133,17 +134,29 @@ def report(runs: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--agents", nargs="*", default=list(AGENTS), choices=AGENTS)
+def run_cli(
+    argv: list[str] | None,
+    *,
+    description: str,
+    agents: tuple[str, ...],
+    timesteps: int,
+    out: Path,
+    register: Callable[[], None],
+    run_one: Callable[[str, int, int], dict[str, Any]],
+    report: Callable[[list[dict[str, Any]]], str],
+) -> int:
+    """The demos' command line: run every (seed, agent) not yet in ``--out`` (resumable: each
+    run is written atomically as it ends), or print the table with ``--report``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--agents", nargs="*", default=list(agents), choices=agents)
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
-    parser.add_argument("--timesteps", type=int, default=20_000)
+    parser.add_argument("--timesteps", type=int, default=timesteps)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--out", type=Path, default=out)
     parser.add_argument("--report", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    register_masked_recall()
+    register()
     data = json.loads(args.out.read_text()) if args.out.exists() else {"runs": []}
     if args.report:
         print(report(data["runs"]))
@@ -157,6 +170,19 @@ def main(argv: list[str] | None = None) -> int:
             data["runs"].append(run)
             write_json_atomic(args.out, data, indent=1)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(
+        argv,
+        description=__doc__.split("\n")[0],
+        agents=AGENTS,
+        timesteps=20_000,
+        out=OUT,
+        register=register_masked_recall,
+        run_one=run_one,
+        report=report,
+    )
 
 
 if __name__ == "__main__":
