@@ -96,6 +96,25 @@ def _task(tmp_path: Path, length: int):
     return task, load_d4rl(data, max_episode_steps=length + 1)
 
 
+def _write_task_spec(tmp_path: Path, length: int) -> None:
+    """``tmp_path/tmaze-l{length}.yaml``: a task spec over ``_task``'s dataset, as a user writes
+    one for ``--task PATH``."""
+    import yaml
+
+    task, _ = _task(tmp_path, length)
+    raw = {
+        "name": f"tmaze-l{length}",
+        "env_id": task.env_id,
+        "dataset": str(tmp_path / f"tmaze-l{length}.hdf5"),
+        "dataset_format": "d4rl",
+        "max_episode_steps": length + 1,
+        "reward_scale": 1.0,
+        "target_returns": [1.0],
+        "reference_scores": {"success": [0.0, 1.0], "use": "success"},
+    }
+    (tmp_path / f"tmaze-l{length}.yaml").write_text(yaml.safe_dump(raw))
+
+
 def _agent(length: int, lr: float = 1e-3) -> dict:
     return {
         "name": "tiny",
@@ -252,18 +271,7 @@ def test_train_cli_init_from(tmp_path, capsys):
     from aaren_rl.cli import main
 
     for length in (4, 8):
-        task, _ = _task(tmp_path, length)
-        raw = {
-            "name": f"tmaze-l{length}",
-            "env_id": task.env_id,
-            "dataset": str(tmp_path / f"tmaze-l{length}.hdf5"),
-            "dataset_format": "d4rl",
-            "max_episode_steps": length + 1,
-            "reward_scale": 1.0,
-            "target_returns": [1.0],
-            "reference_scores": {"success": [0.0, 1.0], "use": "success"},
-        }
-        (tmp_path / f"tmaze-l{length}.yaml").write_text(yaml.safe_dump(raw))
+        _write_task_spec(tmp_path, length)
         (tmp_path / f"agent-l{length}.yaml").write_text(yaml.safe_dump(_agent(length)))
     common = ["--threads", "1", "--no-progress"]
     assert main(["train", "--agent", str(tmp_path / "agent-l4.yaml"),
@@ -290,18 +298,7 @@ def test_evaluate_cli_plays_another_task_with_the_table_stretched(tmp_path, caps
     from aaren_rl.cli import main
 
     for length in (4, 8):
-        task, _ = _task(tmp_path, length)
-        raw = {
-            "name": f"tmaze-l{length}",
-            "env_id": task.env_id,
-            "dataset": str(tmp_path / f"tmaze-l{length}.hdf5"),
-            "dataset_format": "d4rl",
-            "max_episode_steps": length + 1,
-            "reward_scale": 1.0,
-            "target_returns": [1.0],
-            "reference_scores": {"success": [0.0, 1.0], "use": "success"},
-        }
-        (tmp_path / f"tmaze-l{length}.yaml").write_text(yaml.safe_dump(raw))
+        _write_task_spec(tmp_path, length)
     (tmp_path / "agent-l4.yaml").write_text(yaml.safe_dump(_agent(4)))
     common = ["--threads", "1", "--no-progress"]
     assert main(["train", "--agent", str(tmp_path / "agent-l4.yaml"),

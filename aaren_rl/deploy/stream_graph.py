@@ -52,16 +52,21 @@ from .aaren_state import empty_rows, initial_stacked, split_layers, stack_layers
 __all__ = ["ClassifyStreamGraph", "EventStreamGraph", "ForecastStreamGraph"]
 
 
+def _require_aaren(backbone: nn.Module) -> None:
+    """Stream export steps the Aaren backbone (constant memory); any other is a ValueError."""
+    if not isinstance(backbone, AarenBackbone):
+        raise ValueError(
+            f"stream export runs the Aaren backbone (constant memory), not "
+            f"{type(backbone).__name__}"
+        )
+
+
 class ClassifyStreamGraph(nn.Module):
     """The state-in/state-out streaming classifier (see the module docstring)."""
 
     def __init__(self, model: ClassifyModel) -> None:
         super().__init__()
-        if not isinstance(model.backbone, AarenBackbone):
-            raise ValueError(
-                f"stream export runs the Aaren backbone (constant memory), not "
-                f"{type(model.backbone).__name__}"
-            )
+        _require_aaren(model.backbone)
         self.model = model
         self.mean_pool = model.config.pool == "mean"
         self.n_channels = model.config.n_channels
@@ -106,11 +111,7 @@ class ForecastStreamGraph(nn.Module):
 
     def __init__(self, model: ForecastModel) -> None:
         super().__init__()
-        if not isinstance(model.backbone, AarenBackbone):
-            raise ValueError(
-                f"stream export runs the Aaren backbone (constant memory), not "
-                f"{type(model.backbone).__name__}"
-            )
+        _require_aaren(model.backbone)
         cfg = model.config
         self.model = model
         self.patch, self.n_channels = cfg.patch_len, cfg.n_channels
@@ -202,11 +203,7 @@ class EventStreamGraph(nn.Module):
 
     def __init__(self, model: EventModel) -> None:
         super().__init__()
-        if not isinstance(model.backbone, AarenBackbone):
-            raise ValueError(
-                f"stream export runs the Aaren backbone (constant memory), not "
-                f"{type(model.backbone).__name__}"
-            )
+        _require_aaren(model.backbone)
         self.model = model
         self.d_model = model.backbone.d_model
 
