@@ -405,6 +405,7 @@ class DecisionModel(nn.Module):
         timesteps: torch.Tensor,
         mask: torch.Tensor | None = None,
         state: State | None = None,
+        resets: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, State]:
         """Predict every action of a batch of sequences in parallel.
 
@@ -416,6 +417,9 @@ class DecisionModel(nn.Module):
             mask: ``[batch, time]`` bool, False on (right) padding; padding changes no other
                 prediction.
             state: backbone state carried in from earlier steps of the same episodes.
+            resets: ``[batch, time]`` bool, True at the first step of an episode that starts
+                inside the row (packed sequences, :func:`aaren_rl.data.samplers.pack_sequences`):
+                from that step's first token on, the row attends to nothing before it.
 
         Returns:
             ``(pred_actions [batch, time, act_dim], state)``; pred_actions[:, t] is read from
@@ -467,7 +471,18 @@ class DecisionModel(nn.Module):
             )
         n, d = len(per_step), self.config.d_model
         tokens = torch.stack(per_step, dim=2).reshape(b, n * k, d)
-        y, state = self.backbone(tokens, state=state, mask=token_mask)
+        token_resets = None
+        if resets is not None:
+            if tuple(resets.shape) != (b, k) or resets.dtype != torch.bool:
+                raise ValueError(
+                    f"resets must be a bool tensor of shape ({b}, {k}), got "
+                    f"{resets.dtype} {tuple(resets.shape)}"
+                )
+            # the memory restarts at the step's first token; its other tokens follow it
+            token_resets = torch.zeros(b, k, n, dtype=torch.bool, device=resets.device)
+            token_resets[:, :, 0] = resets
+            token_resets = token_resets.reshape(b, n * k)
+        y, state = self.backbone(tokens, state=state, resets=token_resets, mask=token_mask)
         y = y.reshape(b, k, n, d)[:, :, n - 2]  # the output at s_t
         return self._predict_action(y), state
 

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from aaren_rl.agents.checkpoint import checkpoint_fields
-from aaren_rl.config_values import apply_checks, choice, integer, number_list
+from aaren_rl.config_values import apply_checks, choice, integer, number_list, show
+from aaren_rl.nn.dropout import use_fast_dropout
 from aaren_rl.training.config import LoopConfig
 from aaren_rl.training.distributed import (  # noqa: F401 (public names of this module)
     DistContext,
@@ -56,12 +57,19 @@ class TrainConfig(LoopConfig):
     sequences. ``sampler`` picks the training sequences: ``window`` = Decision Transformer's
     random windows of ``context`` steps; ``prefix`` = episode prefixes of random length up to
     ``max_len`` starting at the episode start (what a recurrent Aaren state sees at rollout);
-    ``full`` = whole episodes cut at ``max_len``. ``eval_every=0`` evaluates only at the end;
+    ``full`` = whole episodes cut at ``max_len``. ``pack`` (prefix and full only) concatenates
+    a batch's sequences into one row with a memory reset between them instead of padding
+    each to the longest (:func:`aaren_rl.data.samplers.pack_sequences`): the same targets
+    and the same loss, fewer steps to compute. ``fast_dropout`` swaps the model's dropouts for
+    :class:`aaren_rl.nn.dropout.Dropout` (a cheaper CPU mask, same distribution; a different
+    run from the same seed than ``nn.Dropout``). ``eval_every=0`` evaluates only at the end;
     ``eval_episodes=0`` never evaluates.
     """
 
     sampler: str = "window"
     max_len: int = 1000
+    pack: bool = False
+    fast_dropout: bool = False
     eval_episodes: int = 10
     eval_envs: int = 5
     target_returns: list[float] | None = None
@@ -69,6 +77,14 @@ class TrainConfig(LoopConfig):
     def problems(self) -> list[str]:
         problems = apply_checks(self, {"sampler": lambda v: choice(v, SAMPLERS)})
         problems += super().problems()
+        for name in ("pack", "fast_dropout"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name}={show(getattr(self, name))} (expected true or false)")
+        if self.pack is True and self.sampler == "window":
+            problems.append(
+                "pack=true (expected false with sampler=window: pack joins episode prefixes, "
+                "sampler prefix or full; DT windows are short and nearly unpadded)"
+            )
         return problems + apply_checks(
             self,
             {
@@ -132,7 +148,8 @@ def decision_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Ten
     """The decision agent's training loss on one batch of sequences (the loop's plug-in).
 
     ``batch``: ``observations [B,K,obs]``, ``actions [B,K,act]``, ``returns_to_go [B,K]``,
-    ``timesteps [B,K]``, ``mask [B,K]`` bool. The model predicts every action from the tokens
+    ``timesteps [B,K]``, ``mask [B,K]`` bool, and ``resets [B,K]`` bool when the sequences
+    are packed. The model predicts every action from the tokens
     before it; the loss is :func:`action_loss` over the valid steps (MSE, or cross-entropy
     for discrete actions).
     """
@@ -142,6 +159,7 @@ def decision_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Ten
         returns_to_go=batch["returns_to_go"],
         timesteps=batch["timesteps"],
         mask=batch["mask"],
+        resets=batch.get("resets"),
     )
     return action_loss(model, pred, batch["actions"], batch["mask"])
 
@@ -170,7 +188,9 @@ def make_sampler(dataset: Any, config: TrainConfig, context: int, seed: int) -> 
 
     if config.sampler == "window":
         return WindowSampler(dataset, context=context, seed=seed)
-    return PrefixSampler(dataset, max_len=config.max_len, mode=config.sampler, seed=seed)
+    return PrefixSampler(
+        dataset, max_len=config.max_len, mode=config.sampler, seed=seed, pack=config.pack
+    )
 
 
 @dataclass
@@ -245,6 +265,8 @@ class Trainer(TrainingLoop):
         self._evaluate_fn = evaluate_fn
         self.dataset = dataset
         context = int(getattr(getattr(model, "config", None), "context", 20))
+        if train_config.fast_dropout:
+            use_fast_dropout(model)
         super().__init__(
             model,
             lambda seed: make_sampler(dataset, train_config, context, seed),

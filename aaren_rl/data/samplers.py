@@ -8,6 +8,12 @@ saved and restored so that a resumed run draws the same batches:
   anywhere in the episode (a window that runs past the episode's end is padded).
 - :class:`PrefixSampler`: sequences that start at the episode's first step, where a recurrent
   state starts at rollout: random-length prefixes, or whole episodes.
+
+Random-length prefixes padded to the longest of their batch are mostly padding (about 40% of
+the steps of a batch of 4 to 8 hopper prefixes). :func:`pack_sequences` concatenates a batch's
+sequences into one row with a memory reset at the first step of each, so no step is padding;
+a backbone that honours resets (Aaren's scan, the Transformer's segment mask) computes exactly
+what it computes on the padded rows.
 """
 
 from __future__ import annotations
@@ -34,7 +40,10 @@ class SequenceBatch:
         timesteps: ``[B, K]`` int64, the step's index inside its episode.
         mask: ``[B, K]`` bool, True at real steps.
         episodes: ``[B]`` int64, each row's episode index in the dataset (None if unknown):
-            what an error about this batch names.
+            what an error about this batch names. In a packed batch: ``[n_sequences]``, the
+            episode of each sequence in the row.
+        resets: ``[B, K]`` bool, True at the first step of a sequence packed after another
+            one in the same row (the memory restarts there), or None (one sequence per row).
     """
 
     observations: np.ndarray
@@ -44,6 +53,7 @@ class SequenceBatch:
     timesteps: np.ndarray
     mask: np.ndarray
     episodes: np.ndarray | None = None
+    resets: np.ndarray | None = None
 
     def to_torch(self, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
         """The same fields as torch tensors on ``device`` (CPU when None; None fields left out)."""
@@ -94,6 +104,42 @@ def gather_sequences(
     )
 
 
+def pack_sequences(batch: SequenceBatch) -> SequenceBatch:
+    """Concatenate the real steps of a batch's rows into one row, with resets between them.
+
+    Row ``i`` of ``batch`` (its ``lengths[i]`` real steps, padding dropped) follows row
+    ``i - 1``; ``resets`` is True at the first step of every row but the first. Nothing is cut
+    and nothing is padded: the packed row holds ``sum(lengths)`` steps.
+
+    Args:
+        batch: ``B`` right-padded rows ``[B, K, ...]`` without resets of their own.
+
+    Returns:
+        A :class:`SequenceBatch` of one row, arrays ``[1, sum(lengths), ...]``, with
+        ``resets [1, sum(lengths)]`` and the same ``episodes``.
+    """
+    if batch.resets is not None:
+        raise ValueError("pack_sequences: the batch is packed already (it has resets)")
+    lengths = batch.lengths
+    real = batch.mask  # right padding: each row's real steps come first
+
+    def flat(a: np.ndarray) -> np.ndarray:
+        return a[real][None]
+
+    resets = np.zeros(int(lengths.sum()), dtype=bool)
+    resets[np.cumsum(lengths)[:-1]] = True
+    return SequenceBatch(
+        observations=flat(batch.observations),
+        actions=flat(batch.actions),
+        rewards=flat(batch.rewards),
+        returns_to_go=flat(batch.returns_to_go),
+        timesteps=flat(batch.timesteps),
+        mask=np.ones((1, resets.size), dtype=bool),
+        episodes=batch.episodes,
+        resets=resets[None],
+    )
+
+
 class _Sampler(SeededSampler):
     """Shared parts: the length-weighted episode choice (and, from the base, the generator)."""
 
@@ -140,7 +186,9 @@ class PrefixSampler(_Sampler):
     never a silent truncation).
 
     Rows are padded to the longest sequence in the batch, or to ``max_len`` with
-    ``pad_to_max_len=True`` (fixed shapes).
+    ``pad_to_max_len=True`` (fixed shapes). With ``pack=True`` the batch's sequences are drawn
+    the same way and returned as one row without padding (:func:`pack_sequences`): the same
+    action targets, the same random stream, 40% fewer steps to compute on hopper prefixes.
     """
 
     MODES = ("prefix", "full")
@@ -152,6 +200,7 @@ class PrefixSampler(_Sampler):
         mode: str = "prefix",
         seed: int | None = None,
         pad_to_max_len: bool = False,
+        pack: bool = False,
     ) -> None:
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
@@ -171,9 +220,13 @@ class PrefixSampler(_Sampler):
         self.max_len = int(max_len)
         self.mode = mode
         self.pad_to_max_len = bool(pad_to_max_len)
+        self.pack = bool(pack)
+        if self.pack and self.pad_to_max_len:
+            raise ValueError("pack=True packs the sequences without padding: drop pad_to_max_len")
 
     def sample(self, batch_size: int) -> SequenceBatch:
-        """``batch_size`` sequences from step 0; arrays ``[batch_size, K, ...]``."""
+        """``batch_size`` sequences from step 0; arrays ``[batch_size, K, ...]``, or
+        ``[1, sum of lengths, ...]`` with ``pack=True``."""
         episodes = self._episodes(batch_size)
         ep_len = self.dataset.episode_lengths[episodes]
         if self.mode == "full":
@@ -183,4 +236,5 @@ class PrefixSampler(_Sampler):
             lengths = self.rng.integers(1, upper + 1)
         width = self.max_len if self.pad_to_max_len else int(lengths.max())
         offsets = np.zeros(batch_size, dtype=np.int64)
-        return gather_sequences(self.dataset, episodes, offsets, lengths, width)
+        batch = gather_sequences(self.dataset, episodes, offsets, lengths, width)
+        return pack_sequences(batch) if self.pack else batch
