@@ -4,7 +4,7 @@ Both run side by side in SB3 vector envs whose episodes end at different steps (
 actions; CartPole: Discrete), the exported step's state carried and its ``episode_start`` fed
 as ``predict``'s; actions within 1e-5 and the memory against ``predict``'s state tuple, over
 policy variants (one and two heads, recency decay and step embeddings, a short convolution,
-skip features).
+skip features, the heads' log masses).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ VARIANTS = {
     "plain": dict(n_heads=1),
     "decay-time": dict(n_heads=2, timestep_embedding=8, decay=True),
     "conv-skip": dict(n_heads=2, short_conv=3, skip_features=True, n_layers=2),
+    "log-mass": dict(n_heads=2, decay=True, log_mass=True),
 }
 
 

@@ -13,7 +13,7 @@ from aaren_rl.sb3.policies import AarenActorCriticPolicy
 
 
 def _policy(action_space: spaces.Space, critic: str, short_conv: int, skip_conv: bool,
-            norm_first: bool = True) -> AarenActorCriticPolicy:  # fmt: skip
+            norm_first: bool = True, log_mass: bool = False) -> AarenActorCriticPolicy:  # fmt: skip
     policy = AarenActorCriticPolicy(
         spaces.Box(-10.0, 10.0, (5,)),
         action_space,
@@ -29,6 +29,7 @@ def _policy(action_space: spaces.Space, critic: str, short_conv: int, skip_conv:
         norm_first=norm_first,
         short_conv=short_conv,
         skip_conv=skip_conv,
+        log_mass=log_mass,
     )
     generator = torch.Generator().manual_seed(3)
     with torch.no_grad():  # the step embeddings start at zero, the taps at the identity
@@ -54,12 +55,14 @@ def _assert_states_close(a, b) -> None:
     "action_space", [spaces.Discrete(3), spaces.Box(-1.0, 1.0, (2,))], ids=["discrete", "box"]
 )
 @pytest.mark.parametrize(
-    "short_conv,skip_conv,norm_first", [(0, False, True), (3, True, True), (3, False, False)]
-)
+    "short_conv,skip_conv,norm_first,log_mass",
+    [(0, False, True, False), (3, True, True, False), (3, False, False, False),
+     (0, False, True, True)],
+)  # fmt: skip
 def test_fast_step_equals_the_reference_step(action_space, critic, short_conv, skip_conv,
-                                             norm_first):  # fmt: skip
+                                             norm_first, log_mass):  # fmt: skip
     n_envs, steps = 4, 12
-    policy = _policy(action_space, critic, short_conv, skip_conv, norm_first)
+    policy = _policy(action_space, critic, short_conv, skip_conv, norm_first, log_mass)
     generator = torch.Generator().manual_seed(0)
     obs = torch.randn(steps, n_envs, 5, generator=generator)
     starts = torch.rand(steps, n_envs, generator=generator) < 0.25

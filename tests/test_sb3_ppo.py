@@ -57,6 +57,7 @@ def _model(
     norm_first: bool = True,
     short_conv: int = 0,
     skip_conv: bool = False,
+    log_mass: bool = False,
     **kwargs,
 ) -> AarenPPO:
     policy = "MultiInputAarenPolicy" if isinstance(env.observation_space, spaces.Dict) else None
@@ -72,6 +73,7 @@ def _model(
             norm_first=norm_first,
             short_conv=short_conv,
             skip_conv=skip_conv,
+            log_mass=log_mass,
             **(dict(decay=False, timestep_embedding=0) if plain else {}),
         ),
         device="cpu",
@@ -122,6 +124,8 @@ def _collect(model: AarenPPO, rollouts: int = 1) -> None:
         ("box-conv-skipconv", "separate"),
         ("box-conv-skipconv", "shared"),
         ("box-conv-skipconv", "none"),
+        ("box-mass", "joint"),
+        ("discrete-mass", "separate"),
     ],
 )
 def test_scan_update_reproduces_collection_log_probs_and_values(env_kind, critic):
@@ -137,6 +141,7 @@ def test_scan_update_reproduces_collection_log_probs_and_values(env_kind, critic
         norm_first="post" not in env_kind,
         short_conv=4 if "conv" in env_kind else 0,
         skip_conv="skipconv" in env_kind,
+        log_mass="mass" in env_kind,
     )
     conv = "conv" in env_kind
     _collect(model, rollouts=2 if conv else 1)

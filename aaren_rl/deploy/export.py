@@ -392,6 +392,7 @@ def export_ppo_policy(
                 "norm_first",
                 "short_conv",
                 "skip_conv",
+                "log_mass",
             )
         },  # fmt: skip
         "task": dict(task or {}),

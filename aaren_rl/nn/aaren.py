@@ -15,11 +15,13 @@ from torch import Tensor, nn
 
 from aaren_rl.nn.aaren_attention import (
     DEFAULT_CHUNK,
+    LOG_MASS_FLOOR,
     AarenState,
     aaren_reference,
     aaren_scan,
     aaren_step,
     initial_aaren_state,
+    log_mass,
     reset_aaren_state,
 )
 from aaren_rl.nn.residual import ResidualBlock
@@ -40,22 +42,33 @@ class AarenAttention(nn.Module):
     """
 
     def __init__(
-        self, d_model: int, n_heads: int, chunk_size: int = DEFAULT_CHUNK, decay: bool = False
+        self,
+        d_model: int,
+        n_heads: int,
+        chunk_size: int = DEFAULT_CHUNK,
+        decay: bool = False,
+        log_mass: bool = False,
     ) -> None:
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
         self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
         self.chunk_size = chunk_size
+        self.log_mass = bool(log_mass)
         self.query = nn.Parameter(torch.empty(d_model))
         self.q_proj = nn.Linear(d_model, d_model)
         self.k_proj = nn.Linear(d_model, d_model)
         self.v_proj = nn.Linear(d_model, d_model)
-        self.out_proj = nn.Linear(d_model, d_model)
+        # with log_mass the output projection also reads each head's log mass
+        self.out_proj = nn.Linear(d_model + (n_heads if log_mass else 0), d_model)
         nn.init.normal_(self.query, std=1.0)
         # Optional recency (ALiBi-style): token i's score gains rate_h * i, so at step t a past
         # token weighs exp(s_i - rate_h (t - i)). Off by default (the paper's Aaren).
         self.decay_logit = nn.Parameter(_initial_decay_logits(n_heads)) if decay else None
+        # Optional log mass (log_mass=True): a softmax average divides away how much a head
+        # attended, so it cannot tell 3 matching tokens from 30. Each head also reports
+        # log sum_i exp(s_i) (decayed like the weights), which is c + log(count) where the
+        # scores single out some tokens with score c: a count, read by out_proj.
 
     def score_weights(self) -> tuple[Tensor, Tensor]:
         """The collapsed key path: ``(kappa [heads, d_model], const [heads])`` with
@@ -104,16 +117,29 @@ class AarenAttention(nn.Module):
             pos = torch.arange(1, scores.shape[1] + 1, device=x.device, dtype=scores.dtype)
             scores = scores + pos[None, :, None] * rate
         if method == "scan":
-            out, state = aaren_scan(scores, values, state, resets, mask, self.chunk_size)
+            result = aaren_scan(scores, values, state, resets, mask, self.chunk_size, self.log_mass)
         elif method == "reference":
-            out, state = aaren_reference(scores, values, state, resets, mask)
+            result = aaren_reference(scores, values, state, resets, mask, self.log_mass)
         else:
             raise ValueError(f"method must be 'scan' or 'reference', got {method!r}")
+        out, state = result[0], result[1]
         if rate is not None:  # back to the step's reference: the last valid token unshifted
             n = scores.shape[1] if mask is None else mask.sum(1).to(scores.dtype)
             shift = (torch.as_tensor(n, dtype=scores.dtype, device=x.device).reshape(-1, 1)) * rate
             state = AarenState(state.m - shift, state.u, state.w)
-        return self.out_proj(out.flatten(-2)), state
+        if not self.log_mass:
+            return self.out_proj(out.flatten(-2)), state
+        mass = result[2]
+        if rate is not None:  # token i's mass at its own time: undo the shift of its scores
+            mass = mass - pos[None, :, None] * rate
+        return self._project(out, mass), state
+
+    def _project(self, out: Tensor, mass: Tensor | None) -> Tensor:
+        """``out [..., heads, head_dim]`` (and ``mass [..., heads]``) -> ``[..., d_model]``."""
+        if mass is None:
+            return self.out_proj(out.flatten(-2))
+        # an empty memory's -inf (padding) becomes a finite floor; a poisoned NaN stays NaN
+        return self.out_proj(torch.cat([out.flatten(-2), mass.clamp_min(LOG_MASS_FLOOR)], dim=-1))
 
     def decay_rate(self) -> Tensor | None:
         """``[heads]`` the recency rates (softplus of ``decay_logit``), or None without decay."""
@@ -126,7 +152,7 @@ class AarenAttention(nn.Module):
         if rate is not None:  # every stored token ages one step (m=-inf stays -inf)
             state = AarenState(state.m - rate, state.u, state.w)
         out, state = aaren_step(scores, values, state)
-        return self.out_proj(out.flatten(-2)), state
+        return self._project(out, log_mass(state) if self.log_mass else None), state
 
     def initial_state(
         self,
@@ -162,9 +188,10 @@ class AarenBlock(ResidualBlock):
         activation: str = "relu",
         chunk_size: int = DEFAULT_CHUNK,
         decay: bool = False,
+        log_mass: bool = False,
     ) -> None:
         super().__init__(d_model, d_ff or 4 * d_model, dropout, norm_first, activation)
-        self.attn = AarenAttention(d_model, n_heads, chunk_size, decay)
+        self.attn = AarenAttention(d_model, n_heads, chunk_size, decay, log_mass)
 
     def forward(
         self,
@@ -200,11 +227,14 @@ class AarenBackbone(nn.Module):
         activation: str = "relu",
         chunk_size: int = DEFAULT_CHUNK,
         decay: bool = False,
+        log_mass: bool = False,
     ) -> None:
         super().__init__()
         self.d_model = d_model
         self.layers = nn.ModuleList(
-            AarenBlock(d_model, n_heads, d_ff, dropout, norm_first, activation, chunk_size, decay)
+            AarenBlock(
+                d_model, n_heads, d_ff, dropout, norm_first, activation, chunk_size, decay, log_mass
+            )
             for _ in range(n_layers)
         )
 

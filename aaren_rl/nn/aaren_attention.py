@@ -54,15 +54,20 @@ from aaren_rl.nn.aaren_one_chunk import one_chunk_scan
 # 3 layers, batch 8, one CPU thread; docs/performance.md): 32 was fastest at T = 300 and 3,000
 # (3.44 s against 3.65 s for 64 and 4.57 s for 128 at T = 3,000), 64 at T = 60 within noise.
 DEFAULT_CHUNK = 32
+# What a layer reads for an empty memory's log mass (-inf: padding, or nothing seen yet);
+# a real token's mass is finite (it holds at least the token itself).
+LOG_MASS_FLOOR = -30.0
 
 __all__ = [
     "DEFAULT_CHUNK",
+    "LOG_MASS_FLOOR",
     "AarenState",
     "aaren_reference",
     "aaren_scan",
     "aaren_step",
     "combine",
     "initial_aaren_state",
+    "log_mass",
     "read_out",
     "reset_aaren_state",
 ]
@@ -161,6 +166,23 @@ def _where_state(cond: Tensor, a: AarenState, b: AarenState) -> AarenState:
     )
 
 
+def log_mass(state: AarenState) -> Tensor:
+    """The log of the memory's softmax normaliser, ``m + log u = log sum_i exp(s_i)``
+    (``[..., heads]``, shaped like ``m``): how much the head has attended in total. ``-inf``
+    where the memory is empty, NaN where it is poisoned. Where the scores single out some
+    tokens (score ``c`` on them, far lower elsewhere) it is ``c + log(count)``: the count that
+    the normalised output ``w / u`` divides away."""
+    return _log_mass(state.m, state.u)
+
+
+def _log_mass(m: Tensor, u: Tensor) -> Tensor:
+    # a log of 0 never enters the graph: its infinite slope times a zero gradient would be NaN
+    filled = u > 0
+    log_u = torch.log(torch.where(filled, u, torch.ones_like(u)))
+    empty = torch.where(torch.isnan(u), u, torch.full_like(u, float("-inf")))
+    return torch.where(filled, m + log_u, empty)
+
+
 def read_out(state: AarenState) -> Tensor:
     """The attention output ``w / u`` (``[..., head_dim]``): zeros where the memory is empty
     (``u == 0``), NaN where it is poisoned (``u`` NaN: a NaN is never read out as 0)."""
@@ -211,7 +233,8 @@ def aaren_reference(
     state: AarenState | None = None,
     resets: Tensor | None = None,
     mask: Tensor | None = None,
-) -> tuple[Tensor, AarenState]:
+    return_log_mass: bool = False,
+) -> tuple[Tensor, AarenState] | tuple[Tensor, AarenState, Tensor]:
     """The oracle: the ``[T, T]`` causal softmax with the learned query, materialised.
 
     Token t attends to every valid token i <= t of its own segment (no reset in (i, t]); the
@@ -220,9 +243,11 @@ def aaren_reference(
 
     Args:
         scores: ``[batch, time, heads]``; values: ``[batch, time, heads, head_dim]``;
-        state: memory carried in; resets, mask: ``[batch, time]`` bool.
+        state: memory carried in; resets, mask: ``[batch, time]`` bool;
+        return_log_mass: also return each token's :func:`log_mass` ``[batch, time, heads]``,
+            the log of its softmax normaliser (the log-sum-exp of the logits it sees).
     Returns:
-        ``(outputs [batch, time, heads, head_dim], final state)``.
+        ``(outputs [batch, time, heads, head_dim], final state)``, and the log masses.
     """
     resets, mask = _check_inputs(scores, values, resets, mask)
     state = _state_or_empty(state, scores, values)
@@ -260,14 +285,16 @@ def aaren_reference(
     )  # [B,H,T]
     out = torch.where(row_poison[..., None], torch.full_like(out, float("nan")), out)
     out = out.transpose(1, 2)  # [B,T,H,Dh]
+    mass = torch.where(row_poison, float("nan"), _log_mass(row_max[..., 0], denom[..., 0]))
+    mass = mass.transpose(1, 2)  # [B,T,H]
     # final state: the memory that a next token would see = row T-1 of the same computation
     if t_len == 0:
-        return out, state
+        return (out, state, mass) if return_log_mass else (out, state)
     last_max = row_max[:, :, -1, 0]  # [B,H]
     u_last = denom[:, :, -1, 0]
     m_last = torch.where(u_last > 0, last_max, torch.full_like(last_max, float("-inf")))
     final = _poison_state(AarenState(m_last, u_last, numer[:, :, -1]), row_poison[:, :, -1])
-    return out, final
+    return (out, final, mass) if return_log_mass else (out, final)
 
 
 def _segmented_inclusive_scan(flags: Tensor, st: AarenState) -> tuple[Tensor, AarenState]:
@@ -320,7 +347,8 @@ def aaren_scan(
     resets: Tensor | None = None,
     mask: Tensor | None = None,
     chunk_size: int = DEFAULT_CHUNK,
-) -> tuple[Tensor, AarenState]:
+    return_log_mass: bool = False,
+) -> tuple[Tensor, AarenState] | tuple[Tensor, AarenState, Tensor]:
     """The parallel form for training: a chunked, segmented prefix scan.
 
     Same contract as :func:`aaren_reference`, without the ``[T, T]`` matrix: memory is
@@ -333,13 +361,15 @@ def aaren_scan(
     Args:
         scores: ``[batch, time, heads]``; values: ``[batch, time, heads, head_dim]``;
         state: memory carried in; resets, mask: ``[batch, time]`` bool;
-        chunk_size: tokens solved exactly per chunk (``C``).
+        chunk_size: tokens solved exactly per chunk (``C``);
+        return_log_mass: also return each token's :func:`log_mass` ``[batch, time, heads]``
+            (the general path computes it; the one-chunk path is skipped).
     Returns:
-        ``(outputs [batch, time, heads, head_dim], final state)``.
+        ``(outputs [batch, time, heads, head_dim], final state)``, and the log masses.
     """
     resets, mask = _check_inputs(scores, values, resets, mask)
     batch, t_len, heads, head_dim = values.shape
-    if 0 < t_len <= chunk_size and not torch.compiler.is_compiling():
+    if 0 < t_len <= chunk_size and not return_log_mass and not torch.compiler.is_compiling():
         # one chunk (PPO's short sequences): a hand-written backward, for finite inputs
         fast = one_chunk_scan(
             scores, values, *_state_or_empty(state, scores, values, False), resets, mask
@@ -348,7 +378,8 @@ def aaren_scan(
             return fast[0], AarenState(*fast[1:])
     state = _state_or_empty(state, scores, values)
     if t_len == 0:
-        return values.new_zeros(values.shape), state
+        empty = values.new_zeros(values.shape)
+        return (empty, state, scores.new_zeros(scores.shape)) if return_log_mass else (empty, state)
     poison, scores, values = _sanitize(scores, values)
     poison = poison & mask[..., None]  # [B,T,H]: padding is selected away, whatever it holds
     c = max(1, min(chunk_size, t_len))
@@ -406,7 +437,10 @@ def aaren_scan(
     out = read_out(full)  # [B,H,N,C,Dh]
     out = out.permute(0, 2, 3, 1, 4).reshape(batch, n_chunks * c, heads, head_dim)[:, :t_len]
     final = AarenState(full.m[:, :, -1, -1], full.u[:, :, -1, -1], full.w[:, :, -1, -1])
-    return out, final
+    if not return_log_mass:
+        return out, final
+    mass = log_mass(full).permute(0, 2, 3, 1).reshape(batch, n_chunks * c, heads)[:, :t_len]
+    return out, final, mass
 
 
 def aaren_step(
@@ -418,7 +452,8 @@ def aaren_step(
         score: ``[batch, heads]``; value: ``[batch, heads, head_dim]``;
         state: the memory before this token; reset: ``[batch]`` bool, empty the memory first.
     Returns:
-        ``(output [batch, heads, head_dim], new state)``.
+        ``(output [batch, heads, head_dim], new state)``; ``log_mass(new state)`` is the
+        token's log mass.
     """
     if reset is not None:
         state = reset_aaren_state(state, reset)

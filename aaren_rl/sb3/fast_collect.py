@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch.distributions import Categorical
 
 from aaren_rl.nn.aaren import AarenBackboneState, AarenBlock
-from aaren_rl.nn.aaren_attention import AarenState, aaren_step
+from aaren_rl.nn.aaren_attention import LOG_MASS_FLOOR, AarenState, aaren_step, log_mass
 from aaren_rl.sb3.policies import AarenActorCriticPolicy, AarenMemory, AarenPPOState, MaybeMasks
 
 __all__ = ["FastCollectionStep"]
@@ -80,6 +80,7 @@ class _BlockStep:
         self.v_w, self.v_b = attn.v_proj.weight, attn.v_proj.bias
         self.o_w, self.o_b = attn.out_proj.weight, attn.out_proj.bias
         self.heads, self.head_dim = attn.n_heads, attn.head_dim
+        self.log_mass = attn.log_mass
         self.norm1, self.norm2 = _layer_norm(block.norm1), _layer_norm(block.norm2)
         self.ff = _sequential(block.ff)
         self.norm_first = block.norm_first
@@ -90,7 +91,10 @@ class _BlockStep:
         if self.rate is not None:
             state = AarenState(state.m - self.rate, state.u, state.w)
         out, state = aaren_step(scores, values, state)
-        return F.linear(out.flatten(-2), self.o_w, self.o_b), state
+        read = out.flatten(-2)
+        if self.log_mass:  # as AarenAttention._project
+            read = torch.cat([read, log_mass(state).clamp_min(LOG_MASS_FLOOR)], dim=-1)
+        return F.linear(read, self.o_w, self.o_b), state
 
     def __call__(self, x: Tensor, state: AarenState) -> tuple[Tensor, AarenState]:
         if self.norm_first:

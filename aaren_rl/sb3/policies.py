@@ -62,6 +62,12 @@ memory; the update applies it to whole sequences with ``K`` shifted views (no lo
 The convolution's output already reaches the heads through the block's residual stream;
 ``skip_conv=True`` also hands it to them directly, beside the memory's output
 (``[.., 2 * d_model]``, before the step embedding is added).
+
+``log_mass=True`` (off by default) hands each head's log mass to its output projection beside
+the average (:func:`~aaren_rl.nn.aaren_attention.log_mass`): a softmax average divides away how
+many tokens a head attended to, so it cannot tell a card seen 3 times from one seen 30 times;
+the log of the normaliser, ``c + log(count)`` where the scores single out those tokens, can.
+It costs nothing in the state (it is ``m + log u``) and keeps the scan and the step.
 """
 
 from __future__ import annotations
@@ -151,7 +157,8 @@ class AarenMemory(nn.Module):
     def __init__(self, features_dim: int, d_model: int, n_layers: int, n_heads: int, d_ff: int | None,
                  chunk_size: int, timestep_embedding: int = 0, decay: bool = False,
                  norm_first: bool = True, short_conv: int = 0,
-                 skip_conv: bool = False, dropout: float = 0.0) -> None:  # fmt: skip
+                 skip_conv: bool = False, dropout: float = 0.0,
+                 log_mass: bool = False) -> None:  # fmt: skip
         super().__init__()
         if skip_conv and not short_conv:
             raise ValueError("skip_conv=True needs a short convolution (short_conv=K >= 1)")
@@ -175,6 +182,7 @@ class AarenMemory(nn.Module):
             norm_first=norm_first,
             chunk_size=chunk_size,
             decay=decay,
+            log_mass=log_mass,
         )
         self.norm = nn.LayerNorm(d_model)
 
@@ -252,8 +260,8 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
     Beyond ``ActorCriticPolicy``'s arguments: ``d_model``, ``n_layers``, ``n_heads``, ``d_ff``
     (default ``4 * d_model``) and ``chunk_size`` size the memory; ``critic`` is one of
     ``"separate"``, ``"shared"``, ``"joint"``, ``"none"``; ``timestep_embedding``, ``decay``,
-    ``skip_features``, ``norm_first``, ``short_conv`` and ``skip_conv`` as in the module
-    docstring. With the default Adam the
+    ``skip_features``, ``norm_first``, ``short_conv``, ``skip_conv`` and ``log_mass`` as in
+    the module docstring. With the default Adam the
     optimiser is fused (``eps=1e-5`` as SB3's, one kernel for every parameter).
     """
 
@@ -289,6 +297,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         short_conv: int = 4,
         skip_conv: bool = True,
         dropout: float = 0.0,
+        log_mass: bool = False,
         **unknown: Any,
     ) -> None:
         check_no_lstm_keywords(unknown)  # RecurrentPPO's keywords get their equivalents
@@ -322,6 +331,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         self.d_ff, self.chunk_size, self.critic = d_ff, chunk_size, critic
         self.timestep_embedding = int(timestep_embedding)
         self.decay = bool(decay)
+        self.log_mass = bool(log_mass)
         self.skip_features = bool(skip_features)
         self.norm_first = bool(norm_first)
         if optimizer_kwargs is None and optimizer_class is torch.optim.Adam:
@@ -353,7 +363,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
         return AarenMemory(self.features_dim, self.d_model, self.n_layers, self.n_heads, self.d_ff,
                            self.chunk_size, self.timestep_embedding, self.decay,
                            self.norm_first, self.short_conv, self.skip_conv,
-                           self.dropout)  # fmt: skip
+                           self.dropout, self.log_mass)  # fmt: skip
 
     def _build(self, lr_schedule: Schedule) -> None:
         # The memories exist before SB3 builds the heads and the optimiser over all parameters.
@@ -391,6 +401,7 @@ class AarenActorCriticPolicy(ActorCriticPolicy):
             short_conv=self.short_conv,
             skip_conv=self.skip_conv,
             dropout=self.dropout,
+            log_mass=self.log_mass,
         )
         return data
 
