@@ -97,6 +97,24 @@ def _schedule(value: Any) -> Any:
     return value
 
 
+# every POPGym task's settings (none of them has a zoo entry)
+POPGYM: dict[str, Any] = dict(
+    n_envs=8,
+    timesteps=100_000,
+    normalize=None,
+    hp=dict(
+        n_steps=64,
+        batch_size=256,
+        gae_lambda=0.95,
+        gamma=0.99,
+        n_epochs=10,
+        ent_coef=0.01,
+        learning_rate=linear(1e-3),
+        clip_range=0.2,
+    ),
+    sequence_length=64,
+)
+
 TASKS: dict[str, dict[str, Any]] = {
     # ppo_lstm.yml, CartPoleNoVel-v1
     "CartPoleNoVel-v1": dict(
@@ -135,28 +153,16 @@ TASKS: dict[str, dict[str, Any]] = {
         sequence_length=128,
     ),
     # no zoo entry: CartPoleNoVel's settings with a rollout longer than an episode (51 steps)
-    "popgym-RepeatFirstEasy-v0": dict(
-        n_envs=8,
-        timesteps=100_000,
-        normalize=None,
-        hp=dict(
-            n_steps=64,
-            batch_size=256,
-            gae_lambda=0.95,
-            gamma=0.99,
-            n_epochs=10,
-            ent_coef=0.01,
-            learning_rate=linear(1e-3),
-            clip_range=0.2,
-        ),
-        sequence_length=64,
-    ),
+    "popgym-RepeatFirstEasy-v0": POPGYM,
+    # the same settings on POPGym tasks the preset was not screened on
+    "popgym-CountRecallEasy-v0": POPGYM,
+    "popgym-RepeatPreviousEasy-v0": POPGYM,
 }
 
 
 def _wrapper(task: str):
     probe = gym.make(task)
-    discrete = isinstance(probe.observation_space, spaces.Discrete)
+    discrete = isinstance(probe.observation_space, (spaces.Discrete, spaces.MultiDiscrete))
     probe.close()
     return OneHot if discrete else None
 

@@ -76,3 +76,20 @@ def test_one_hot():
     assert obs.shape == (16,) and obs[0] == 1 and obs.sum() == 1
     with pytest.raises(ValueError, match="Discrete observation"):
         OneHot(gym.make("CartPole-v1"))
+
+
+def test_one_hot_of_a_multi_discrete_observation_is_the_one_hots_side_by_side():
+    pytest.importorskip("popgym")
+    register_memory_envs()
+    env = OneHot(gym.make("popgym-CountRecallEasy-v0"))
+    raw_space = env.env.observation_space
+    assert env.observation_space.shape == (int(raw_space.nvec.sum()),)
+    obs, _ = env.reset(seed=0)
+    raw = env.env.unwrapped.last_obs  # [dealt card, query card]
+    sizes = raw_space.nvec
+    expected = np.zeros(int(sizes.sum()), dtype=np.float32)
+    expected[raw[0]] = expected[sizes[0] + raw[1]] = 1.0
+    np.testing.assert_array_equal(obs, expected)
+    for _ in range(5):
+        obs, *_ = env.step(env.action_space.sample())
+        assert obs.sum() == 2 and obs[: sizes[0]].sum() == 1

@@ -13,6 +13,8 @@ rather than zeroed); ``CartPolePositions-v1`` is it with CartPole's 500-step lim
 
 from __future__ import annotations
 
+from typing import Any
+
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
@@ -65,21 +67,31 @@ class CartPolePositionsEnv(CartPoleEnv):
 
 
 class OneHot(gym.ObservationWrapper):
-    """A Discrete observation as a one-hot Box ``[n]`` (as the benchmark feeds POPGym's
-    Discrete observations to every agent; rl-zoo3's ``env_wrapper`` for them)."""
+    """A Discrete observation as a one-hot Box ``[n]``, a MultiDiscrete one ``[n_1, ..., n_k]``
+    as its one-hots side by side, a Box ``[n_1 + ... + n_k]`` (as the benchmark feeds POPGym's
+    discrete observations to every agent; rl-zoo3's ``env_wrapper`` for them)."""
 
     def __init__(self, env: gym.Env) -> None:
         super().__init__(env)
-        if not isinstance(env.observation_space, spaces.Discrete):
+        space = env.observation_space
+        if isinstance(space, spaces.Discrete):
+            self.sizes = np.array([int(space.n)])
+            self.starts = np.array([int(space.start)])
+        elif isinstance(space, spaces.MultiDiscrete) and space.nvec.ndim == 1:
+            self.sizes = space.nvec.astype(np.int64)
+            self.starts = np.asarray(space.start, dtype=np.int64).reshape(-1)
+        else:
             raise ValueError(
-                f"OneHot needs a Discrete observation space, got {env.observation_space}"
+                f"OneHot needs a Discrete or a flat MultiDiscrete observation space, got {space}"
             )
-        self.n = int(env.observation_space.n)
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
+        self.n = int(self.sizes.sum())
         self.observation_space = spaces.Box(0.0, 1.0, (self.n,), np.float32)
 
-    def observation(self, observation: int) -> np.ndarray:
+    def observation(self, observation: Any) -> np.ndarray:
+        index = np.asarray(observation, dtype=np.int64).reshape(-1) - self.starts
         out = np.zeros(self.n, dtype=np.float32)
-        out[int(observation)] = 1.0
+        out[self.offsets + index] = 1.0
         return out
 
 
