@@ -162,7 +162,11 @@ TASKS: dict[str, dict[str, Any]] = {
 
 def _wrapper(task: str):
     probe = gym.make(task)
-    discrete = isinstance(probe.observation_space, (spaces.Discrete, spaces.MultiDiscrete))
+    space = probe.observation_space
+    discrete = isinstance(space, (spaces.Discrete, spaces.MultiDiscrete)) or (
+        isinstance(space, spaces.Tuple)
+        and all(isinstance(s, spaces.Discrete) for s in space.spaces)
+    )
     probe.close()
     return OneHot if discrete else None
 

@@ -74,7 +74,7 @@ def test_one_hot():
     env = OneHot(gym.make("FrozenLake-v1"))
     obs, _ = env.reset(seed=0)
     assert obs.shape == (16,) and obs[0] == 1 and obs.sum() == 1
-    with pytest.raises(ValueError, match="Discrete observation"):
+    with pytest.raises(ValueError, match="Discrete"):
         OneHot(gym.make("CartPole-v1"))
 
 
@@ -93,3 +93,6 @@ def test_one_hot_of_a_multi_discrete_observation_is_the_one_hots_side_by_side():
     for _ in range(5):
         obs, *_ = env.step(env.action_space.sample())
         assert obs.sum() == 2 and obs[: sizes[0]].sum() == 1
+    tuple_env = OneHot(gym.make("popgym-AutoencodeEasy-v0"))  # Tuple(Discrete(2), Discrete(4))
+    obs, _ = tuple_env.reset(seed=0)
+    assert obs.shape == (6,) and obs[:2].sum() == 1 and obs[2:].sum() == 1

@@ -67,9 +67,10 @@ class CartPolePositionsEnv(CartPoleEnv):
 
 
 class OneHot(gym.ObservationWrapper):
-    """A Discrete observation as a one-hot Box ``[n]``, a MultiDiscrete one ``[n_1, ..., n_k]``
-    as its one-hots side by side, a Box ``[n_1 + ... + n_k]`` (as the benchmark feeds POPGym's
-    discrete observations to every agent; rl-zoo3's ``env_wrapper`` for them)."""
+    """A Discrete observation as a one-hot Box ``[n]``; a MultiDiscrete ``[n_1, ..., n_k]``
+    or a Tuple of k Discretes as their one-hots side by side, a Box ``[n_1 + ... + n_k]``
+    (as the benchmark feeds POPGym's discrete observations to every agent; rl-zoo3's
+    ``env_wrapper`` for them)."""
 
     def __init__(self, env: gym.Env) -> None:
         super().__init__(env)
@@ -80,9 +81,15 @@ class OneHot(gym.ObservationWrapper):
         elif isinstance(space, spaces.MultiDiscrete) and space.nvec.ndim == 1:
             self.sizes = space.nvec.astype(np.int64)
             self.starts = np.asarray(space.start, dtype=np.int64).reshape(-1)
+        elif isinstance(space, spaces.Tuple) and all(
+            isinstance(s, spaces.Discrete) for s in space.spaces
+        ):
+            self.sizes = np.array([int(s.n) for s in space.spaces])
+            self.starts = np.array([int(s.start) for s in space.spaces])
         else:
             raise ValueError(
-                f"OneHot needs a Discrete or a flat MultiDiscrete observation space, got {space}"
+                "OneHot needs a Discrete, a flat MultiDiscrete or a Tuple of Discrete "
+                f"observation space, got {space}"
             )
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
         self.n = int(self.sizes.sum())
