@@ -97,6 +97,17 @@ def _schedule(value: Any) -> Any:
     return value
 
 
+# The POPGym sweep (docs/benchmarks/popgym.md): its tasks, fixed before it ran
+POPGYM_SWEEP = (
+    "popgym-RepeatFirstEasy-v0",
+    "popgym-RepeatPreviousEasy-v0",
+    "popgym-CountRecallEasy-v0",
+    "popgym-AutoencodeEasy-v0",
+    "popgym-ConcentrationEasy-v0",
+    "popgym-BattleshipEasy-v0",
+    "popgym-NoisyPositionOnlyCartPoleEasy-v0",
+    "popgym-NoisyPositionOnlyPendulumEasy-v0",
+)
 # every POPGym task's settings (none of them has a zoo entry)
 POPGYM: dict[str, Any] = dict(
     n_envs=8,
@@ -155,8 +166,7 @@ TASKS: dict[str, dict[str, Any]] = {
     # no zoo entry: CartPoleNoVel's settings with a rollout longer than an episode (51 steps)
     "popgym-RepeatFirstEasy-v0": POPGYM,
     # the same settings on POPGym tasks the preset was not screened on
-    "popgym-CountRecallEasy-v0": POPGYM,
-    "popgym-RepeatPreviousEasy-v0": POPGYM,
+    **{task: POPGYM for task in POPGYM_SWEEP if task != "popgym-RepeatFirstEasy-v0"},
 }
 
 
@@ -376,7 +386,18 @@ def merge_runs(data: dict[str, Any], paths: list[Path]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        default=["CartPoleNoVel-v1", "PendulumNoVel-v1", "popgym-RepeatFirstEasy-v0"],
+        choices=list(TASKS),
+    )
+    parser.add_argument(
+        "--suite",
+        choices=["popgym"],
+        default=None,
+        help="popgym: the POPGym sweep's tasks (POPGYM_SWEEP) instead of --tasks",
+    )
     parser.add_argument(
         "--agents",
         nargs="+",
@@ -403,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
         help="add these JSON files' runs to --out (a run whose key is there already is an error)",
     )
     args = parser.parse_args(argv)
+    if args.suite == "popgym":
+        args.tasks = list(POPGYM_SWEEP)
     if args.variant is not None and not args.tag:
         parser.error("--variant needs a --tag naming it (runs are keyed by task, agent, seed, tag)")
     torch.set_num_threads(args.threads)
