@@ -277,6 +277,13 @@ def stamp(threads: int) -> dict[str, Any]:
     )
 
 
+def report_paths(runs: Path) -> tuple[Path, Path]:
+    """The table and the plot ``--report`` writes beside a runs file: ``NAME_runs.json`` ->
+    ``NAME_table.md``, ``NAME.png`` (``sb3_runs.json`` -> ``sb3_table.md``, ``sb3.png``)."""
+    name = runs.stem.removesuffix("_runs")
+    return runs.with_name(f"{name}_table.md"), runs.with_name(f"{name}.png")
+
+
 def report(results: list[dict[str, Any]], md_path: Path, png_path: Path) -> str:
     """A markdown table (mean/std over seeds of the evaluation return, fps) and a plot of
     the untagged runs, written (atomically) to ``md_path`` and ``png_path``; screening runs
@@ -437,9 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.out}: {len(data['runs'])} runs")
         return 0
     if args.report:
-        table = report(
-            data["runs"], args.out.with_name("sb3_table.md"), args.out.with_name("sb3.png")
-        )
+        table = report(data["runs"], *report_paths(args.out))
         print(table)
         return 0
     for task in args.tasks:
