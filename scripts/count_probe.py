@@ -61,7 +61,8 @@ def episodes(n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tens
 class Probe(nn.Module):
     """A memory and an MLP read-out of ``[memory output, features]``. ``kind``: ``lstm``,
     ``aaren`` (AarenPPO's memory), ``aaren-log-mass``, ``aaren-2-layers`` or ``aaren-conv-K``
-    (a short convolution over the last K steps instead of 4)."""
+    (a short convolution over the last K steps instead of 4); ``aaren-no-time`` and
+    ``aaren-log-mass-no-time`` drop the step embedding."""
 
     def __init__(self, kind: str) -> None:
         super().__init__()
@@ -72,9 +73,10 @@ class Probe(nn.Module):
         else:
             conv = int(kind.rsplit("-", 1)[1]) if kind.startswith("aaren-conv-") else 4
             layers = 2 if kind == "aaren-2-layers" else 1
-            self.memory = AarenMemory(4, 64, layers, 4, None, 32, timestep_embedding=512,
+            steps = 0 if kind.endswith("-no-time") else 512  # the step embedding's rows
+            self.memory = AarenMemory(4, 64, layers, 4, None, 32, timestep_embedding=steps,
                                       decay=True, short_conv=conv, skip_conv=True,
-                                      log_mass=kind == "aaren-log-mass")  # fmt: skip
+                                      log_mass=kind.startswith("aaren-log-mass"))  # fmt: skip
             width = self.memory.out_dim
         self.head = nn.Sequential(nn.Linear(width + 4, 64), nn.ReLU(), nn.Linear(64, CLASSES))
 
