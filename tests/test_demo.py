@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -11,6 +10,7 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+from script_helpers import load_script
 
 from aaren_rl.cli import main
 
@@ -98,10 +98,7 @@ def test_demo_trains_evaluates_and_reports_step_costs(tmp_path, capsys):
 
 
 def _results_module():
-    spec = importlib.util.spec_from_file_location("results_script", REPO / "scripts/results.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("results")
 
 
 def test_results_script_trains_both_samplers_writes_the_table_and_resumes(tmp_path, capsys):

@@ -8,13 +8,13 @@ against the fine-tuned model's starting point.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from script_helpers import load_script
 
 from aaren_rl.agents.checkpoint import load_agent
 from aaren_rl.agents.decision_model import build_decision_model, stretch_timesteps
@@ -169,12 +169,7 @@ def test_init_from_starts_at_the_checkpoints_weights_and_normalisation(tmp_path)
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location(
-        "memory_results", REPO / "scripts/memory_results.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("memory_results")
 
 
 def test_memory_results_curriculum_protocol(tmp_path):

@@ -3,22 +3,16 @@ table whose numbers are the runs' own evaluations."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
+
+from script_helpers import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _curves_module():
-    sys.path.insert(0, str(REPO / "scripts"))
-    spec = importlib.util.spec_from_file_location(
-        "curves_script", REPO / "scripts/offline_curves.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("offline_curves")
 
 
 def test_eval_points_keep_the_first_target_and_the_last_record_of_a_step(tmp_path):

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
 import numpy as np
+from script_helpers import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _results_module():
-    spec = importlib.util.spec_from_file_location("results_script", REPO / "scripts/results.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("results")
 
 
 def _run(score: float) -> dict:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from script_helpers import load_script
 from torch import nn
 
 from aaren_rl.sb3 import AarenPPO
@@ -33,10 +33,7 @@ def zoo(tmp_path: Path, *args: str) -> str:
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_sb3", ROOT / "scripts" / "bench_sb3.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_sb3")
 
 
 def test_hyperparams_are_the_benchmarks_settings():
