@@ -194,9 +194,13 @@ def test_loss_falls_on_a_tiny_dataset(sampler):
     assert last < 0.3 * first, (first, last)
 
 
-def test_resume_continues_exactly(tmp_path):
-    """8 steps straight == 4 steps, stop, new process state, resume, 4 more (bitwise)."""
+@pytest.mark.parametrize("cpu_curve", [False, True], ids=["default", "packed-fast-dropout"])
+def test_resume_continues_exactly(tmp_path, cpu_curve):
+    """8 steps straight == 4 steps, stop, new process state, resume, 4 more (bitwise); also
+    with the cpu-curve protocol's packed prefixes and CPU dropout masks."""
     kw = {"steps": 8, "sampler": "prefix", "max_len": 40, "checkpoint_every": 100}
+    if cpu_curve:
+        kw |= {"pack": True, "fast_dropout": True}
     straight = _trainer(tmp_path / "straight", **kw).train()
     first = _trainer(tmp_path / "split", **kw).train(stop_at=4)
     assert first.end_step == 4 and not first.finished
