@@ -127,11 +127,9 @@ class AarenAttention(nn.Module):
             n = scores.shape[1] if mask is None else mask.sum(1).to(scores.dtype)
             shift = (torch.as_tensor(n, dtype=scores.dtype, device=x.device).reshape(-1, 1)) * rate
             state = AarenState(state.m - shift, state.u, state.w)
-        if not self.log_mass:
-            return self.out_proj(out.flatten(-2)), state
-        mass = result[2]
-        if rate is not None:  # token i's mass at its own time: undo the shift of its scores
-            mass = mass - pos[None, :, None] * rate
+        mass = result[2] if self.log_mass else None
+        if mass is not None and rate is not None:  # token i's mass at its own time
+            mass = mass - pos[None, :, None] * rate  # (undo the shift of its scores)
         return self._project(out, mass), state
 
     def _project(self, out: Tensor, mass: Tensor | None) -> Tensor:
