@@ -12,8 +12,8 @@ it reads every run's ``eval.jsonl`` and writes
 - the table between ``<!-- curves:begin -->`` and ``<!-- curves:end -->`` in ``--doc``
   (docs/results.md), with this command, the machine and the versions;
 - the plot ``--plot``: normalised score against training steps for every agent and task, with
-  the 1,500-step GPU runs of the same agents (docs/results/gpu-1500steps) and the published
-  Decision Transformer scores marked for reference.
+  the 1,500-step GPU runs of the same agents (docs/results/gpu-1500steps), the dataset's own
+  normalised mean and the published Decision Transformer scores marked for reference.
 
 ``--no-train`` only renders what has finished or stopped so far. Two calls can share a 2-core
 machine, one agent each (``--agents decision-aaren --train-only`` beside ``--agents
@@ -47,6 +47,9 @@ COLOURS = {"decision-aaren": "tab:blue", "decision-transformer": "tab:orange"}
 # MuJoCo v2, 100k updates): context only, the datasets here are rebuilt on MuJoCo v5.
 PUBLISHED_DT = {"hopper-medium": 67.6, "halfcheetah-medium": 42.6, "walker2d-medium": 74.0}
 GPU_POINTS = REPO / "docs" / "results"  # the 1,500-step runs of docs/results.md
+# The normalised mean return of each local 1M-transition dataset (the datasets table of
+# docs/results.md, from make-dataset's summary): the level of the data the agents imitate.
+DATASET_MEAN = {"hopper-medium": 35.3, "walker2d-medium": 28.1, "halfcheetah-medium": 35.0}
 
 
 def eval_points(run: Path) -> dict[int, dict[str, Any]]:
@@ -203,6 +206,11 @@ def plot(runs: dict[tuple[str, str], list[Path]], path: Path, title: str) -> Non
                     capsize=3,
                     label=f"{NAMES.get(agent, agent)}, GPU batch 64 (3 seeds)",
                 )
+        if task in DATASET_MEAN:
+            ax.axhline(
+                DATASET_MEAN[task], color="0.4", ls=":", lw=1,
+                label=f"the dataset's own mean: {DATASET_MEAN[task]}",
+            )  # fmt: skip
         if task in PUBLISHED_DT:
             ax.axhline(
                 PUBLISHED_DT[task],
