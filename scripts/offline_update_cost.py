@@ -63,13 +63,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--profile", type=int, default=None, metavar="I", help="profile variant I")
+    p.add_argument(
+        "--prefixes",
+        type=int,
+        default=8,
+        help="Decision Aaren's prefixes per batch in the first three variants (cpu-curve: 8)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from aaren_rl.data.tasks import load_task
 
     task = load_task(args.task)
     dataset = task.load_dataset()
-    trainers = [build(agent, ov, task, dataset) for _, agent, ov, _ in VARIANTS]
+    variants = [
+        (label.replace("8 ", f"{args.prefixes} ", 1), agent, ov, base)
+        if i < 3
+        else (label, agent, ov, base)
+        for i, (label, agent, ov, base) in enumerate(VARIANTS)
+    ]
+    variants = [
+        (label, agent, ov | ({"train.batch_size": args.prefixes} if i < 3 else {}), base)
+        for i, (label, agent, ov, base) in enumerate(variants)
+    ]
+    trainers = [build(agent, ov, task, dataset) for _, agent, ov, _ in variants]
     times: list[list[float]] = [[] for _ in VARIANTS]
     targets: list[list[int]] = [[] for _ in VARIANTS]
     for tr in trainers:
@@ -90,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("| variant | action targets per batch | s per step | vs. baseline |")
     print("|---|---|---|---|")
-    for (label, _, _, base), med, tg in zip(VARIANTS, medians, targets, strict=True):
+    for (label, _, _, base), med, tg in zip(variants, medians, targets, strict=True):
         ratio = "baseline" if base is None else f"{med / medians[base]:.2f}x"
         print(f"| {label} | {np.mean(tg):.0f} | {med:.3f} | {ratio} |")
     if args.profile is not None:
@@ -99,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         with profile() as prof:
             for _ in range(5):
                 trainers[args.profile].train_step()
-        print(f"\nprofile of: {VARIANTS[args.profile][0]} (5 steps)")
+        print(f"\nprofile of: {variants[args.profile][0]} (5 steps)")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
     return 0
 
