@@ -31,6 +31,7 @@ def test_eval_points_keep_the_first_target_and_the_last_record_of_a_step(tmp_pat
 
 def test_trains_renders_and_skips_finished_runs(tmp_path, capsys):
     curves = _curves_module()
+    curves.PREFIX_BATCH = {"hopper-medium-small": 3}  # the per-task prefix batch reaches the run
     doc = tmp_path / "results.md"
     doc.write_text("# Results\n\nhand-written text\n")
     args = [
@@ -51,6 +52,8 @@ def test_trains_renders_and_skips_finished_runs(tmp_path, capsys):
         config = (run / "config.yaml").read_text()
         assert "fast_dropout: true" in config
         assert ("pack: true" in config) == (agent == "decision-aaren")
+        batch = "batch_size: 3" if agent == "decision-aaren" else "batch_size: 64"
+        assert batch in config
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     capsys.readouterr()
     assert curves.main(args) == 0  # the same command again: both runs are finished
